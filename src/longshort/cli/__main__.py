@@ -1,0 +1,5 @@
+import sys
+
+from longshort.cli import main
+
+sys.exit(main())

@@ -1,0 +1,3 @@
+"""CLI commands: solve (filled in by its area)."""
+
+from longshort.cli.app import app  # noqa: F401

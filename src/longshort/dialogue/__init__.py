@@ -1,0 +1,1 @@
+"""dialogue layer (see DESIGN §2)."""

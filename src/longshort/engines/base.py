@@ -1,0 +1,102 @@
+"""The one generation interface every backend implements (DESIGN §3).
+
+A request is chat messages (optionally with the beginning of the assistant's reply to
+continue, used by Monte Carlo rollouts) or a raw, already-templated prompt, plus sampling
+parameters. A result holds `n` completions, each with its text, generated-token count, finish
+reason and, when asked, per-token logprobs. Engines batch internally; callers hand over as many
+requests as they have.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
+
+
+@dataclass
+class SamplingParams:
+    """How to sample one request.
+
+    temperature: 0 means greedy decoding.
+    top_p: nucleus sampling mass.
+    max_new_tokens: hard limit on generated tokens per completion (finish_reason "length").
+    stop: strings that end a completion; the matched string is cut from `text` and reported in
+        `Completion.stop`. Tokens up to and including the stop are counted as generated.
+    n: completions per request. Engines encode the shared prompt once for all n (KV reuse).
+    seed: makes sampling reproducible for a request (same seed, same request → same outputs).
+    logprobs: return the log-probability of every generated token.
+    """
+
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    stop: list[str] = field(default_factory=list)
+    n: int = 1
+    seed: int | None = None
+    logprobs: bool = False
+
+
+@dataclass
+class GenerationRequest:
+    """One prompt: either `messages` (chat, rendered by the engine with the model's template)
+    or `prompt` (raw text, sent as is). `assistant_prefix` is appended after the generation
+    prompt so the model continues a partial reply (Monte Carlo rollouts)."""
+
+    messages: list[Message] | None = None
+    prompt: str | None = None
+    assistant_prefix: str = ""
+    params: SamplingParams = field(default_factory=SamplingParams)
+    meta: dict[str, Any] = field(default_factory=dict)  # caller's bookkeeping, passed through
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("GenerationRequest needs exactly one of `messages` or `prompt`")
+
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass
+class Completion:
+    text: str                      # generated text, stop string (if any) removed
+    num_tokens: int                # generated tokens, including the stop string's tokens
+    finish_reason: FinishReason    # "stop": EOS or a stop string; "length": max_new_tokens hit
+    stop: str | None = None        # the stop string that ended it, if any
+    token_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+
+
+@dataclass
+class GenerationResult:
+    completions: list[Completion]
+    prompt_tokens: int             # reported apart, never counted as generated tokens
+    request: GenerationRequest | None = None
+
+
+class Engine(ABC):
+    """A generation backend. Subclasses: transformers (`hf`), `openai`, `vllm`."""
+
+    name: str = "base"
+    model_name: str = ""
+
+    @abstractmethod
+    def generate(self, requests: Sequence[GenerationRequest], *, progress: bool = False
+                 ) -> list[GenerationResult]:
+        """Generate for all requests (batched internally); results in request order."""
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens `text` has under this engine's tokenizer."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (GPU memory, HTTP sessions)."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""thoughts layer (see DESIGN §2)."""

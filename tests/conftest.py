@@ -1,0 +1,30 @@
+"""Shared fixtures. Slow tests (embedded SmolLM2 end to end) run with --runslow or LONGSHORT_SLOW=1."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="run slow tests")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow") or os.environ.get("LONGSHORT_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow or LONGSHORT_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.exists():
+        pytest.skip("../shared not present")
+    return SHARED
