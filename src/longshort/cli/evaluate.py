@@ -1,3 +1,139 @@
-"""CLI commands: evaluate (filled in by its area)."""
+"""CLI commands of the evaluation area: `eval`, `compare`, `grade`.
 
-from longshort.cli.app import app  # noqa: F401
+- `longshort eval --benchmark gsm8k --mode collab --samples 4 --limit 50 --out runs/NAME
+  [--baseline runs/OTHER]` → predictions.jsonl (resumable), metrics.json, report.md;
+- `longshort compare runs/A runs/B …` → one table on the terminal, plus an accuracy-vs-tokens
+  PNG (and the same table in Markdown) next to it;
+- `longshort grade PRED GOLD [--choices …]` → prints `correct` or `wrong` (exit 0 either way),
+  so users can see how an answer is judged.
+
+Defaults come from the pydantic configs (`EvalConfig`, `CollabConfig`), never a second copy.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from longshort.cli.app import app
+from longshort.errors import InputError, LongshortError
+
+_MODES = ("collab", "long", "short")
+
+
+@app.command("eval")
+def eval_command(
+    benchmark: Annotated[str, typer.Option(help="math500, aime24, aime25, amc23, gpqa_diamond, gsm8k, "
+                                                "a JSONL path (problem/answer[/choices]) or hub:DATASET[:CONFIG][@SPLIT]")],
+    out: Annotated[Path, typer.Option(help="Run directory (created; rerun the same command to resume)")],
+    mode: Annotated[str, typer.Option(help="collab (the pair), long (long model alone), short (short alone)")] = "collab",
+    samples: Annotated[int, typer.Option(min=1, help="Samples per problem (Pass@1 over k)")] = 1,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N problems")] = None,
+    baseline: Annotated[Path | None, typer.Option(help="Finished run directory to compute AES against")] = None,
+    long: Annotated[str | None, typer.Option("--long", help="Long-thought model spec [default: smollm2-135m]")] = None,
+    short: Annotated[str | None, typer.Option("--short", help="Short-thought model spec [default: smollm2-135m]")] = None,
+    engine: Annotated[str | None, typer.Option(help="transformers (default), openai, vllm")] = None,
+    base_url: Annotated[str | None, typer.Option(help="Server URL for --engine openai")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Benchmark data directory [default: $LONGSHORT_DATA or ../shared/benchmarks]")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Token limit per turn, both roles [default: 1024 long / 512 short]")] = None,
+    max_turns: Annotated[int | None, typer.Option(min=1, help="Most long turns per dialogue [default: 4]")] = None,
+    temperature: Annotated[float | None, typer.Option(min=0.0, help="Sampling temperature [default: 0.7]")] = None,
+    seed: Annotated[int | None, typer.Option(help="Base seed [default: 0]")] = None,
+    grading_timeout: Annotated[float | None, typer.Option(min=0.01, help="Seconds to grade one answer [default: 5]")] = None,
+    interval: Annotated[str | None, typer.Option(help="Pass@1 interval: normal or bootstrap [default: normal]")] = None,
+    resume: Annotated[bool, typer.Option(help="Skip records already in predictions.jsonl")] = True,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
+) -> None:
+    """Evaluate a model pair (or one model) on a benchmark: Pass@1, tokens, AES."""
+    from pydantic import ValidationError
+
+    from longshort.harness import EvalConfig, run_eval
+
+    if mode not in _MODES:
+        raise InputError(f"unknown mode {mode!r}; expected one of {', '.join(_MODES)}", field="mode")
+    overrides = {k: v for k, v in {
+        "benchmark": benchmark, "mode": mode, "samples": samples, "limit": limit,
+        "long_model": long, "short_model": short, "engine": engine, "base_url": base_url,
+        "data_dir": str(data_dir) if data_dir else None, "seed": seed, "interval": interval,
+        "baseline_dir": str(baseline) if baseline else None}.items() if v is not None}
+    collab = {k: v for k, v in {"max_new_tokens_long": max_new_tokens, "max_new_tokens_short": max_new_tokens,
+                                 "max_turns": max_turns, "temperature": temperature}.items() if v is not None}
+    try:
+        cfg = EvalConfig(**overrides, collab=collab,
+                         grading={"timeout": grading_timeout} if grading_timeout else {})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise InputError(f"{err['msg']}", field=".".join(str(x) for x in err["loc"])) from None
+    m = run_eval(cfg, out, resume=resume, progress=progress,
+                 command="longshort " + " ".join(sys.argv[1:]) if sys.argv else None)
+    p1 = m["pass_at_1"]
+    ci = f" [{100 * p1['low']:.1f}, {100 * p1['high']:.1f}]" if p1.get("low") is not None else ""
+    line = (f"{m['benchmark']} {m['mode']}: Pass@1 {100 * p1['mean']:.1f}%{ci} over {m['problems']} problems × "
+            f"{m['samples_per_problem']}; {m['tokens']['total']:.1f} tokens/sample")
+    if m.get("aes") and m["aes"].get("aes") is not None:
+        line += f"; AES {m['aes']['aes']:.3f}"
+    print(line)
+    print(f"wrote {out}/predictions.jsonl, metrics.json, report.md")
+
+
+@app.command("compare")
+def compare_command(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories made by `longshort eval`")],
+    plot: Annotated[Path | None, typer.Option(help="PNG path [default: accuracy_vs_tokens.png in the parent "
+                                                   "directory of the first run]")] = None,
+) -> None:
+    """Compare evaluation runs: one table, and an accuracy-vs-tokens plot (PNG)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from longshort.evaluation.report import (
+        COMPARISON_HEADERS,
+        comparison_markdown,
+        comparison_rows,
+        format_row,
+        plot_accuracy_vs_tokens,
+    )
+    from longshort.harness import load_run_metrics
+    from longshort.io import write_text_atomic
+
+    loaded = [(str(r), load_run_metrics(r)) for r in runs]
+    labels = [Path(r).name or str(r) for r, _ in loaded]
+    if len(set(labels)) < len(labels):
+        labels = [r for r, _ in loaded]
+    rows = comparison_rows(list(zip(labels, (m for _, m in loaded), strict=True)))
+    table = Table(title="longshort compare")
+    for h in COMPARISON_HEADERS:
+        table.add_column(h, justify="left" if h in ("run", "benchmark", "mode") else "right")
+    for row in rows:
+        table.add_row(*format_row(row))
+    Console().print(table)
+    benchmarks = {r["benchmark"] for r in rows}
+    if len(benchmarks) > 1:
+        print(f"note: the runs cover different benchmarks ({', '.join(sorted(map(str, benchmarks)))})")
+    png = plot or Path(runs[0]).resolve().parent / "accuracy_vs_tokens.png"
+    plot_accuracy_vs_tokens(rows, png)
+    write_text_atomic(png.with_suffix(".md"), comparison_markdown(rows))
+    print(f"wrote {png} and {png.with_suffix('.md')}")
+
+
+@app.command("grade")
+def grade_command(
+    prediction: Annotated[str, typer.Argument(help="A response or a bare answer, e.g. '\\boxed{1/2}'")],
+    gold: Annotated[str, typer.Argument(help="The gold answer (a letter for multiple choice)")],
+    choices: Annotated[list[str] | None, typer.Option("--choices", help="A choice (repeat for each, in order "
+                                                                        "A, B, …): multiple-choice grading")] = None,
+    timeout: Annotated[float, typer.Option(min=0.01, help="Seconds allowed")] = 5.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also print the extracted answer and the rule")] = False,
+) -> None:
+    """Print `correct` or `wrong` for PRED against GOLD (exit 0 either way)."""
+    from longshort.evaluation.grading import grade_detail
+
+    if not gold.strip():
+        raise LongshortError("GOLD is empty")
+    res = grade_detail(prediction, gold, choices=choices or None, timeout=timeout)
+    print("correct" if res.correct else "wrong")
+    if verbose:
+        print(f"extracted: {res.extracted!r} · rule: {res.method}")

@@ -1,3 +1,349 @@
-"""CLI commands: thoughts (filled in by its area)."""
+"""CLI commands of the thoughts area: `chunk`, `score`, `coldstart`, `synth` (DESIGN §5).
 
-from longshort.cli.app import app  # noqa: F401
+Thin wrappers over `longshort.thoughts.*`: read and validate every input record before any
+work, write outputs per record (resumable by id) or atomically, print a short summary.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from longshort.cli.app import app
+from longshort.errors import InputError, LongshortError
+from longshort.io import ReadStats, ResumableWriter, iter_jsonl, write_json_atomic, write_jsonl_atomic
+
+MODEL_HELP = "Model spec (smollm2-135m, tiny-random, a local dir, a hub id) or the served model name."
+
+
+def _engine(model: str, engine: str, base_url: str | None, **kw: Any):
+    from longshort.engines import make_engine
+
+    return make_engine(model, engine, base_url=base_url, **kw)
+
+
+def _skipped_note(stats: ReadStats) -> None:
+    if stats.skipped:
+        typer.echo(f"skipped {stats.skipped} bad record(s); first: {stats.reasons[0]}", err=True)
+
+
+def _check_out(inp: Path, out: Path) -> None:
+    if inp.resolve() == out.resolve():
+        raise LongshortError(f"--out {out} is the input file; choose another path")
+
+
+# --------------------------------------------------------------------------- chunk
+
+
+@app.command()
+def chunk(
+    input: Path = typer.Option(..., "--input", "-i", help="Long-CoT JSONL {id?, problem, answer, response}."),
+    out: Path = typer.Option(..., "--out", "-o", help="Chunk records JSONL (appended, resumable by id)."),
+    method: str = typer.Option("heuristic", help="heuristic | llm | gold (planted thoughts of synth traces)."),
+    model: str = typer.Option("smollm2-135m", help=MODEL_HELP + " Used by --method llm."),
+    engine: str = typer.Option("transformers", help="transformers | openai | vllm (llm method)."),
+    base_url: str | None = typer.Option(None, help="OpenAI-compatible server URL for --engine openai."),
+    max_retries: int = typer.Option(2, help="llm method: retries after an unusable answer."),
+    batch: int = typer.Option(16, help="llm method: traces per generate call (written after each)."),
+    seed: int = typer.Option(0, help="llm method: base sampling seed."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and count) bad records instead of stopping."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip ids already in --out."),
+) -> None:
+    """Split long-CoT traces into steps and group them into thoughts."""
+    from longshort.thoughts.chunking import ChunkConfig, LLMChunkConfig, chunk_records
+    from longshort.thoughts.ingest import load_traces
+
+    if method not in ("heuristic", "llm", "gold"):
+        raise LongshortError(f"unknown --method {method!r}; accepted: heuristic, llm, gold")
+    _check_out(input, out)
+    stats = ReadStats()
+    records = load_traces(input, skip_bad=skip_bad, stats=stats)
+    if method == "gold":
+        for k, r in enumerate(records, start=1):
+            if not r.get("gold_thoughts"):
+                raise InputError("missing (method 'gold' needs synthetic traces from `longshort synth`)",
+                                 path=str(input), line=k, field="gold_thoughts")
+    _skipped_note(stats)
+    cfg = ChunkConfig(method=method, llm=LLMChunkConfig(max_retries=max_retries, seed=seed))
+    eng = _engine(model, engine, base_url) if method == "llm" else None
+    flags: Counter[str] = Counter()
+    n_thoughts = n_new = 0
+    with ResumableWriter(out, resume=resume) as w:
+        todo = [r for r in records if r["id"] not in w.done_ids]
+        if len(todo) < len(records):
+            typer.echo(f"resuming: {len(records) - len(todo)} trace(s) already in {out}", err=True)
+        step = max(1, batch) if method == "llm" else 256
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(todo), desc="chunk", unit="trace") as bar:
+            for s in range(0, len(todo), step):
+                try:
+                    done = chunk_records(todo[s:s + step], cfg, engine=eng, progress=False)
+                except ValueError as exc:
+                    raise LongshortError(str(exc)) from None
+                for rec in done:
+                    w.write(rec)
+                    n_new += 1
+                    n_thoughts += len(rec["thoughts"])
+                    flags.update(rec["flags"])
+                bar.update(len(done))
+    if eng is not None:
+        eng.close()
+    mean = n_thoughts / n_new if n_new else 0.0
+    typer.echo(f"chunked {n_new} trace(s) ({method}): {n_thoughts} thoughts, {mean:.1f} per trace -> {out}")
+    if flags:
+        typer.echo("flags: " + ", ".join(f"{k}={v}" for k, v in flags.most_common()))
+
+
+# --------------------------------------------------------------------------- score
+
+
+class _TokenizerOnly:
+    """Token counting and chat rendering without loading model weights (for --dry-run)."""
+
+    def __init__(self, spec: str):
+        from longshort.models import load_tokenizer, resolve_model_path
+
+        self.tokenizer = load_tokenizer(spec)
+        self.model_name = spec
+        self.max_context = None
+        try:
+            conf = json.loads((Path(resolve_model_path(spec)) / "config.json").read_text())
+            self.max_context = conf.get("max_position_embeddings")
+        except (OSError, ValueError, LongshortError):
+            pass
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def render(self, request) -> str:
+        return self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True,
+                                                  tokenize=False) + request.assistant_prefix
+
+
+def _read_scoring_input(path: Path, skip_bad: bool, stats: ReadStats) -> list[dict[str, Any]]:
+    """Chunk records, or raw traces (chunked here with the heuristic and flagged)."""
+    from longshort.thoughts.chunking import chunk_records
+    from longshort.thoughts.importance import check_answer, validate_scoring_record
+    from longshort.thoughts.ingest import _line_numbers, normalize_trace
+
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    line_of = _line_numbers(path) if path.exists() and path.is_file() else []
+    for index, rec in enumerate(iter_jsonl(path, skip_bad=skip_bad, stats=stats)):
+        line = line_of[index] if index < len(line_of) else index + 1
+        try:
+            if "thoughts" in rec:
+                r = dict(rec)
+                if not str(r.get("id", "")).strip():
+                    raise InputError("missing", path=str(path), line=line, field="id")
+                r["id"] = str(r["id"])
+                validate_scoring_record(r, str(path), line)
+            else:
+                r = normalize_trace(rec, path=str(path), line=line, index=index,
+                                    id_prefix=f"{path.name.split('.')[0]}-")
+                why = check_answer(r["answer"])
+                if why:
+                    raise InputError(f"answer cannot be parsed ({why})", path=str(path), line=line, field="answer")
+                r = chunk_records([r])[0]
+                r["flags"] = r["flags"] + ["auto_chunked"]
+            if r["id"] in seen:
+                raise InputError(f"duplicate id {r['id']!r}", path=str(path), line=line, field="id")
+        except InputError:
+            if not skip_bad:
+                raise
+            stats.skipped += 1
+            stats.reasons.append(str(sys.exc_info()[1]))
+            continue
+        seen.add(r["id"])
+        out.append(r)
+    if not out and not stats.skipped:
+        raise InputError("no records", path=str(path))
+    return out
+
+
+@app.command()
+def score(
+    input: Path = typer.Option(..., "--input", "-i", help="Chunk records from `longshort chunk` (raw traces are "
+                               "chunked with the heuristic first)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Scored records JSONL (appended, resumable by id)."),
+    model: str = typer.Option("smollm2-135m", help=MODEL_HELP),
+    engine: str = typer.Option("transformers", help="transformers | openai | vllm."),
+    base_url: str | None = typer.Option(None, help="OpenAI-compatible server URL for --engine openai."),
+    rollouts: int = typer.Option(5, help="Continuations per prefix (R)."),
+    delta: float = typer.Option(0.25, help="Length decay base δ."),
+    alpha: float = typer.Option(0.05, help="Confidence level of the Hoeffding bound."),
+    metric: str = typer.Option("gain_decay", help="Importance metric (gain_decay | gain)."),
+    max_new_tokens: int = typer.Option(512, help="Tokens per continuation."),
+    temperature: float = typer.Option(0.7, help="Rollout sampling temperature."),
+    top_p: float = typer.Option(0.95, help="Rollout nucleus mass."),
+    seed: int = typer.Option(0, help="Base seed of rollouts."),
+    max_context: int | None = typer.Option(None, help="Model context in tokens (default: from the model)."),
+    limit: int | None = typer.Option(None, help="Score only the first N traces."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print rollouts and estimated generated tokens, then stop."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and count) bad records instead of stopping."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip ids already in --out."),
+) -> None:
+    """Monte Carlo importance of every thought (rollouts after each thought, graded)."""
+    from pydantic import ValidationError
+
+    from longshort.thoughts.importance import METRICS, ImportanceConfig, iter_score, plan
+
+    _check_out(input, out)
+    try:
+        cfg = ImportanceConfig(rollouts=rollouts, delta=delta, alpha=alpha, metric=metric,
+                               max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                               seed=seed, max_context=max_context)
+    except ValidationError as exc:
+        raise LongshortError(f"bad option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
+    if metric not in METRICS:
+        raise LongshortError(f"unknown --metric {metric!r}; known: {', '.join(sorted(METRICS))}")
+    stats = ReadStats()
+    records = _read_scoring_input(input, skip_bad, stats)
+    _skipped_note(stats)
+    if limit is not None:
+        records = records[:limit]
+    done_ids: set[str] = set()
+    if resume and out.exists():
+        done_ids = ResumableWriter(out).done_ids
+    todo = [r for r in records if r["id"] not in done_ids]
+    if dry_run:
+        counter = _TokenizerOnly(model) if engine in ("transformers", "hf") else _engine(model, engine, base_url)
+        p = plan(todo, counter, cfg)
+        typer.echo(f"dry run: {p['traces']} trace(s) to score ({len(records) - len(todo)} already done), "
+                   f"{p['thoughts']} thoughts, {p['requests']} requests x {rollouts} = {p['rollouts']} rollouts, "
+                   f"~{p['est_generated_tokens']} generated tokens (at most {max_new_tokens} per rollout)"
+                   + (f"; {p['truncated_traces']} trace(s) exceed the context and will be truncated"
+                      if p["truncated_traces"] else ""))
+        return
+    if not todo:
+        typer.echo(f"nothing to do: all {len(records)} trace(s) already in {out}")
+        return
+    eng = _engine(model, engine, base_url)
+    flags: Counter[str] = Counter()
+    n = rolls = toks = 0
+    with ResumableWriter(out, resume=resume) as w:
+        if len(todo) < len(records):
+            typer.echo(f"resuming: {len(records) - len(todo)} trace(s) already in {out}", err=True)
+        for rec in iter_score(todo, eng, cfg, progress=True):
+            w.write(rec)
+            n += 1
+            rolls += rec["importance"]["num_rollouts"]
+            toks += rec["importance"]["generated_tokens"]
+            flags.update(rec["flags"])
+    eng.close()
+    typer.echo(f"scored {n} trace(s): {rolls} rollouts, {toks} generated tokens -> {out}")
+    if flags:
+        typer.echo("flags: " + ", ".join(f"{k}={v}" for k, v in flags.most_common()))
+
+
+# --------------------------------------------------------------------------- coldstart
+
+
+@app.command()
+def coldstart(
+    input: Path = typer.Option(..., "--input", "-i", help="Scored records from `longshort score`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory: sft_long.jsonl, sft_short.jsonl, stats.json."),
+    threshold: float | None = typer.Option(None, help="Long iff score >= threshold."),
+    ratio: float | None = typer.Option(None, help="Long = top ratio of thoughts by (positive) score."),
+    compressor: str = typer.Option("extractive", help="drop | extractive | llm."),
+    model: str = typer.Option("smollm2-135m", help=MODEL_HELP + " Used by --compressor llm."),
+    engine: str = typer.Option("transformers", help="Engine of --compressor llm."),
+    base_url: str | None = typer.Option(None, help="OpenAI-compatible server URL for --engine openai."),
+    tokenizer: str = typer.Option("smollm2-135m", help="Tokenizer for the token stats ('none' = word estimate)."),
+    keep_incorrect: bool = typer.Option(False, "--keep-incorrect", help="Also use traces whose answer is wrong."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and count) bad records instead of stopping."),
+) -> None:
+    """Build the two SFT sets (one per role) from scored traces."""
+    from pydantic import ValidationError
+
+    from longshort.thoughts.coldstart import ColdStartConfig, synthesize
+
+    if threshold is not None and ratio is not None:
+        raise LongshortError("give --threshold or --ratio, not both")
+    try:
+        cfg = ColdStartConfig(threshold=threshold, ratio=ratio, compressor=compressor,
+                              require_correct=not keep_incorrect)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        raise LongshortError(f"bad option --{e['loc'][0]}: {e['msg']}") from None
+    stats = ReadStats()
+    records = []
+    from longshort.thoughts.ingest import _line_numbers
+
+    line_of = _line_numbers(input) if input.is_file() else []
+    for index, rec in enumerate(iter_jsonl(input, skip_bad=skip_bad, stats=stats)):
+        k = line_of[index] if index < len(line_of) else index + 1
+        problem = None
+        for fld in ("id", "problem", "answer", "thoughts"):
+            if not rec.get(fld):
+                problem = InputError("missing", path=str(input), line=k, field=fld)
+                break
+        if problem is None and not any("score" in t for t in rec["thoughts"]):
+            problem = InputError("thoughts have no 'score' (run `longshort score` first)",
+                                 path=str(input), line=k, field="thoughts")
+        if problem is not None:
+            if not skip_bad:
+                raise problem
+            stats.skipped += 1
+            stats.reasons.append(str(problem))
+            continue
+        records.append(rec)
+    _skipped_note(stats)
+    count = None
+    if tokenizer.lower() != "none":
+        from longshort.models import load_tokenizer
+
+        tok = load_tokenizer(tokenizer)
+
+        def count(text: str) -> int:
+            return len(tok(text, add_special_tokens=False)["input_ids"])
+    eng = _engine(model, engine, base_url) if compressor == "llm" else None
+    long_ex, short_ex, st = synthesize(records, cfg, engine=eng, count_tokens=count)
+    if eng is not None:
+        eng.close()
+    st["skipped_bad_records"] = stats.skipped
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(out / "sft_long.jsonl", long_ex)
+    write_jsonl_atomic(out / "sft_short.jsonl", short_ex)
+    write_json_atomic(out / "stats.json", st)
+    typer.echo(f"{st['dialogues']} dialogue(s) ({st['skipped_incorrect']} incorrect trace(s) skipped): "
+               f"{len(long_ex)} long / {len(short_ex)} short examples, token share long "
+               f"{st['token_share']['long']:.2f}, compression {st['compression_ratio']} -> {out}")
+
+
+# --------------------------------------------------------------------------- synth
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(..., "--out", "-o", help="Output JSONL of synthetic traces."),
+    task: str = typer.Option("arithmetic", help="Task family (arithmetic)."),
+    n: int = typer.Option(100, help="Number of problems."),
+    seed: int = typer.Option(0, help="Random seed (same seed, same file)."),
+    num_ops: int = typer.Option(3, help="Computations per problem (drawn from 1..num_ops+1)."),
+    max_operand: int = typer.Option(12, help="Largest operand."),
+    redundancy: int = typer.Option(3, help="Redundant thoughts per trace."),
+    fixed_ops: bool = typer.Option(False, "--fixed-ops", help="Exactly --num-ops computations per problem."),
+) -> None:
+    """Generate the planted-importance task: problems + R1-style traces with true thoughts."""
+    from pydantic import ValidationError
+
+    from longshort.thoughts.synthetic import SynthConfig, generate
+
+    if n < 1:
+        raise LongshortError("--n must be at least 1")
+    try:
+        cfg = SynthConfig(task=task, num_ops=num_ops, max_operand=max_operand, redundancy=redundancy,
+                          vary_ops=not fixed_ops)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        raise LongshortError(f"bad option --{str(e['loc'][0]).replace('_', '-')}: {e['msg']}") from None
+    recs = generate(n, seed=seed, config=cfg)
+    write_jsonl_atomic(out, recs)
+    typer.echo(f"wrote {len(recs)} {task} problem(s) (seed {seed}) -> {out}")

@@ -1,3 +1,149 @@
-"""CLI commands: train (filled in by its area)."""
+"""CLI commands of the training area: `sft` (cold-start SFT of one role) and `rl` (alternating
+multi-turn GRPO of the pair). Thin wrappers over `longshort.training.{sft,rl}`: options map
+onto `SFTRunConfig` / `RLRunConfig` (whose defaults apply when an option is not given), a
+YAML/JSON `--config` file may hold any config field, options override it.
 
-from longshort.cli.app import app  # noqa: F401
+Both work under ``accelerate launch --config_file configs/accelerate/<ddp|zero2|zero3>.yaml
+-m longshort.cli sft ...``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from longshort.cli.app import app
+from longshort.errors import InputError, LongshortError
+
+MODEL_HELP = "model spec (smollm2-135m, tiny-random, a local model dir, a hub id)"
+
+
+def _file_config(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    if not path.exists():
+        raise InputError("file not found", path=str(path))
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - any parse error becomes one line
+        raise InputError(f"cannot parse ({type(exc).__name__}: {exc})", path=str(path)) from None
+    if not isinstance(data, dict):
+        raise InputError("expected a mapping of config fields", path=str(path))
+    return data
+
+
+def _build(cls, file_values: dict[str, Any], options: dict[str, Any]):
+    from pydantic import ValidationError
+
+    values = {**file_values, **{k: v for k, v in options.items() if v is not None}}
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        name = "--" + loc.replace("_", "-") if loc else "config"
+        raise LongshortError(f"{name}: {err['msg']}") from None
+
+
+@app.command()
+def sft(
+    role: str = typer.Option(..., help="role to train: long | short"),
+    data: Path = typer.Option(..., help="SFT JSONL of that role (written by `longshort coldstart`)"),
+    model: str = typer.Option(..., help=MODEL_HELP),
+    out: Path = typer.Option(..., help="output dir: final model (a loadable model dir), checkpoints/, logs"),
+    max_steps: int | None = typer.Option(None, help="optimizer steps (default: --epochs passes)"),
+    epochs: float | None = typer.Option(None, help="passes over the data (default 2)"),
+    lora: bool | None = typer.Option(None, "--lora/--full", help="LoRA adapters (merged on save) or all weights"),
+    lr: float | None = typer.Option(None, help="learning rate (default 1e-5 full, 2e-4 LoRA)"),
+    batch_size: int | None = typer.Option(None, help="examples per device per step (default 4)"),
+    grad_accum: int | None = typer.Option(None, help="gradient accumulation steps (default 1)"),
+    max_length: int | None = typer.Option(None, help="max tokens per example (default 4096)"),
+    save_steps: int | None = typer.Option(None, help="checkpoint every N steps (default 200)"),
+    precision: str | None = typer.Option(None, help="auto | fp32 | bf16 | fp16"),
+    report_to: str | None = typer.Option(None, help="tensorboard (default) | wandb | tensorboard,wandb | none"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in OUT"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="skip (and count) bad records instead of stopping"),
+    seed: int | None = typer.Option(None, help="random seed (default 0)"),
+    config: Path | None = typer.Option(None, help="YAML/JSON file with SFTRunConfig fields (options override)"),
+) -> None:
+    """Cold-start SFT of one role on its turns (loss on the turn only)."""
+    from longshort.training.sft import SFTRunConfig, run_sft
+
+    cfg = _build(SFTRunConfig, _file_config(config), dict(
+        role=role, data=str(data), model=model, out=str(out), max_steps=max_steps, epochs=epochs, lora=lora,
+        lr=lr, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, save_steps=save_steps,
+        precision=precision, report_to=report_to, resume=resume or None, skip_bad=skip_bad or None, seed=seed))
+    result = run_sft(cfg)
+    typer.echo(f"saved {cfg.role} model to {result}")
+
+
+@app.command()
+def rl(
+    long: str = typer.Option(..., help="long-thought model: " + MODEL_HELP),
+    short: str = typer.Option(..., help="short-thought model: " + MODEL_HELP),
+    data: Path = typer.Option(..., help="problems JSONL with problem + answer"),
+    out: Path = typer.Option(..., help="output dir: iter{k}_{role}/ models, checkpoints/, logs"),
+    iterations: int | None = typer.Option(None, help="alternating iterations K (default 2)"),
+    first: str | None = typer.Option(None, help="role trained first: long (default) | short"),
+    max_steps: int | None = typer.Option(None, help="optimizer steps per iteration (default: --epochs passes)"),
+    epochs: float | None = typer.Option(None, help="passes over the problems per iteration (default 1)"),
+    num_generations: int | None = typer.Option(None, help="dialogues per problem, the GRPO group (default 4)"),
+    batch_size: int | None = typer.Option(None, help="dialogues per device per step, a multiple of "
+                                           "--num-generations (default 8)"),
+    grad_accum: int | None = typer.Option(None, help="gradient accumulation steps (default 1)"),
+    lr: float | None = typer.Option(None, help="learning rate (default 1e-6)"),
+    beta: float | None = typer.Option(None, help="KL coefficient (default 0: no reference model)"),
+    temperature: float | None = typer.Option(None, help="sampling temperature of the trained role (default 1.0)"),
+    max_turns: int | None = typer.Option(None, help="long turns per dialogue (default 4)"),
+    max_new_tokens_long: int | None = typer.Option(None, help="token limit of a long turn (default 512)"),
+    max_new_tokens_short: int | None = typer.Option(None, help="token limit of a short turn (default 256)"),
+    correctness_weight: float | None = typer.Option(None, help="weight of the correctness reward (default 1.0)"),
+    format_weight: float | None = typer.Option(None, help="weight of the format reward (default 0.2)"),
+    length_weight: float | None = typer.Option(None, help="weight of the length bonus (default 0.3)"),
+    length_budget: int | None = typer.Option(None, help="tokens at which the length bonus is 0 (default 2048)"),
+    partner_base_url: str | None = typer.Option(None, help="OpenAI-compatible server serving the frozen partner "
+                                                "(its model name: the partner's --long/--short value)"),
+    lora: bool | None = typer.Option(None, "--lora/--full", help="LoRA adapters (merged on save) or all weights"),
+    save_steps: int | None = typer.Option(None, help="checkpoint every N steps (default 50)"),
+    precision: str | None = typer.Option(None, help="auto | fp32 | bf16 | fp16"),
+    report_to: str | None = typer.Option(None, help="tensorboard (default) | wandb | tensorboard,wandb | none"),
+    resume: bool = typer.Option(False, "--resume", help="skip finished iterations, continue from checkpoints"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="skip (and count) bad problem records"),
+    seed: int | None = typer.Option(None, help="random seed (default 0)"),
+    config: Path | None = typer.Option(None, help="YAML/JSON file with RLRunConfig fields (options override)"),
+) -> None:
+    """Multi-turn RL of the pair: train one role with the partner frozen, save, swap (K iterations)."""
+    from longshort.training.rl import RLRunConfig, run_rl
+
+    file_values = _file_config(config)
+    dialogue = dict(file_values.pop("dialogue", {}) or {})
+    dialogue.update({k: v for k, v in dict(max_turns=max_turns, max_new_tokens_long=max_new_tokens_long,
+                                           max_new_tokens_short=max_new_tokens_short).items() if v is not None})
+    rewards = dict(file_values.pop("rewards", {}) or {})
+    rewards.update({k: v for k, v in dict(correctness_weight=correctness_weight, format_weight=format_weight,
+                                          length_weight=length_weight, length_budget=length_budget).items()
+                    if v is not None})
+    defaults = RLRunConfig.model_fields
+    if dialogue:
+        base = defaults["dialogue"].default_factory().model_dump()
+        file_values["dialogue"] = {**base, **dialogue}
+    if rewards:
+        file_values["rewards"] = rewards
+    cfg = _build(RLRunConfig, file_values, dict(
+        long=long, short=short, data=str(data), out=str(out), iterations=iterations, first=first,
+        max_steps=max_steps, epochs=epochs, num_generations=num_generations, batch_size=batch_size,
+        grad_accum=grad_accum, lr=lr, beta=beta, temperature=temperature, partner_base_url=partner_base_url,
+        lora=lora, save_steps=save_steps, precision=precision, report_to=report_to, resume=resume or None,
+        skip_bad=skip_bad or None, seed=seed))
+    result = run_rl(cfg)
+    final = json.loads((Path(result) / "longshort_run.json").read_text())["final"]
+    typer.echo(f"done: long = {final['long']}, short = {final['short']}")

@@ -1,0 +1,272 @@
+"""The pipeline's configuration: one YAML recipe, validated up front (DESIGN §8, issue 6).
+
+A recipe (`configs/*.yaml`) has one section per stage, and each section *is* that stage's own
+config class (the thoughts, training and dialogue areas define them next to their code), so a
+recipe can never hold a second copy of a default. The pipeline adds only what ties the stages
+together: which models, which data, which evaluation sets, which baseline.
+
+`load_config(path)` reads the YAML and checks everything before any work starts: unknown keys,
+wrong types and out-of-range values (pydantic, `extra="forbid"` throughout), and files that do
+not exist. Every error is one line naming the YAML file and the field, e.g.
+`configs/x.yaml: field 'score.rollouts': Input should be greater than or equal to 1`.
+Relative paths in a recipe are resolved against the current working directory (where the
+`longshort` command runs, as for every other path on the command line).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from longshort.dialogue.collab import CollabConfig
+from longshort.errors import InputError
+from longshort.thoughts.chunking import ChunkConfig
+from longshort.thoughts.coldstart import ColdStartConfig
+from longshort.thoughts.importance import ImportanceConfig
+from longshort.thoughts.synthetic import SynthConfig
+from longshort.training.rl import RLRunConfig
+from longshort.training.sft import SFTRunConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelsConfig(_Strict):
+    """Which models play which part."""
+
+    base: str = Field("smollm2-135m", description="starting point of both roles' SFT; the embedded "
+                      "model by default because it runs anywhere without downloads")
+    scorer: str | None = Field(None, description="model that samples the Monte Carlo rollouts; None = "
+                               "`base` (the paper scores with the model that will learn the split)")
+    engine: Literal["transformers", "hf", "vllm", "openai"] = Field(
+        "transformers", description="generation engine for scoring and evaluation; transformers "
+        "works on CPU, vllm is the fast choice on GPUs")
+    base_url: str | None = Field(None, description="server URL for engine 'openai' (e.g. a vllm serve)")
+    engine_options: dict[str, Any] = Field(default_factory=dict, description="extra keyword "
+                                           "arguments for the engine (e.g. batch_size, gpu_memory_utilization)")
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self) -> ModelsConfig:
+        if self.engine == "openai" and not self.base_url:
+            raise ValueError("engine 'openai' needs models.base_url")
+        return self
+
+
+class EvalSet(_Strict):
+    """One evaluation set: the held-out synthetic problems, a named benchmark or a JSONL file."""
+
+    name: str = Field(description="'synthetic' (held-out planted-importance problems), a benchmark "
+                      "name (gsm8k, math500, ...) or a JSONL path with problem/answer")
+    limit: int | None = Field(None, ge=1, description="first N problems; None = all")
+
+
+class DataConfig(_Strict):
+    """Where the long-CoT training traces and the evaluation problems come from."""
+
+    source: Literal["synthetic", "file"] = Field("synthetic", description="planted-importance task "
+                                                 "(known truth, measurable) or a long-CoT JSONL file")
+    train: int = Field(64, ge=1, description="synthetic traces to generate (source 'synthetic'), or "
+                       "the most traces read from the file")
+    synthetic: SynthConfig = Field(default_factory=SynthConfig, description="knobs of the synthetic task")
+    traces: Path | None = Field(None, description="long-CoT JSONL (source 'file'): "
+                                "{id?, problem, answer, response}")
+    skip_bad: bool = Field(False, description="skip and count bad trace records instead of stopping")
+    data_dir: Path | None = Field(None, description="benchmark directory; None = $LONGSHORT_DATA or "
+                                  "../shared/benchmarks")
+    eval: list[EvalSet] = Field(default_factory=lambda: [EvalSet(name="synthetic", limit=32)],
+                                description="evaluation sets, each scored for every system")
+
+    @model_validator(mode="after")
+    def _file_needs_traces(self) -> DataConfig:
+        if self.source == "file" and self.traces is None:
+            raise ValueError("source 'file' needs data.traces (a long-CoT JSONL path)")
+        if not self.eval:
+            raise ValueError("data.eval needs at least one evaluation set")
+        return self
+
+
+class EvalStageConfig(_Strict):
+    """How the tuned pair and the baselines are evaluated."""
+
+    samples: int = Field(1, ge=1, description="samples per problem for Pass@1 (the paper uses several; "
+                         "1 keeps CPU runs short)")
+    collab: CollabConfig = Field(default_factory=CollabConfig, description="solver settings for every system")
+    baseline: Literal["distill", "base"] = Field(
+        "distill", description="the long-CoT baseline: 'distill' = the base model fine-tuned on the full "
+        "traces (the analogue of the paper's R1-Distill baseline: same data, no split), 'base' = the "
+        "untuned base model answering in long CoT")
+    systems: list[Literal["pair", "baseline", "short", "pair_sft"]] = Field(
+        default_factory=lambda: ["pair", "baseline", "short"],
+        description="what to evaluate: the tuned pair, the long-CoT baseline, the short model alone, "
+        "and optionally the pair after SFT only (before RL)")
+
+    @model_validator(mode="after")
+    def _needs_baseline(self) -> EvalStageConfig:
+        if "pair" not in self.systems or "baseline" not in self.systems:
+            raise ValueError("eval.systems must include 'pair' and 'baseline' (AES compares them)")
+        return self
+
+
+class ReportConfig(_Strict):
+    """What the report shows."""
+
+    example_dialogues: int = Field(1, ge=0, description="example dialogues printed in report.md")
+    max_example_chars: int = Field(4000, ge=200, description="cut long example turns to this many characters")
+
+
+# ----------------------------------------------------------------------------- stage templates
+
+
+def _template(cls: type[BaseModel], drop: tuple[str, ...], name: str, doc: str) -> type[BaseModel]:
+    """`cls` without the fields the pipeline fills in itself (paths, role, models): the recipe
+    sets only hyperparameters, with the defaults and help texts of `cls` itself."""
+    fields = {k: (f.annotation, f) for k, f in cls.model_fields.items() if k not in drop}
+    model = create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=doc, **fields)
+    return model
+
+
+# filled in by the pipeline: paths, roles, starting models, resume, and the seed (the run's seed)
+SFT_RUN_FIELDS = ("role", "data", "model", "out", "resume", "seed")
+RL_RUN_FIELDS = ("long", "short", "data", "out", "resume", "seed")
+SFTSettings = _template(SFTRunConfig, SFT_RUN_FIELDS, "SFTSettings",
+                        "Cold-start SFT hyperparameters (`training.sft.SFTRunConfig` without the paths, "
+                        "role, model and seed, which the pipeline fills in); used for both roles and the "
+                        "distilled baseline.")
+RLSettings = _template(RLRunConfig, RL_RUN_FIELDS, "RLSettings",
+                       "Multi-turn RL hyperparameters (`training.rl.RLRunConfig` without the paths, "
+                       "starting models and seed, which the pipeline fills in).")
+
+
+def sft_run_config(config: PipelineConfig, *, role: str, data: str, model: str, out: str) -> SFTRunConfig:
+    """The SFT stage's own config for one model of this run."""
+    return SFTRunConfig(role=role, data=data, model=model, out=out, resume=True, seed=config.seed,
+                        **config.sft.model_dump())
+
+
+def rl_run_config(config: PipelineConfig, *, long: str, short: str, data: str, out: str) -> RLRunConfig:
+    """The RL stage's own config for this run."""
+    return RLRunConfig(long=long, short=short, data=data, out=out, resume=True, seed=config.seed,
+                       **config.rl.model_dump())
+
+
+# ----------------------------------------------------------------------------- the recipe
+
+
+class PipelineConfig(_Strict):
+    """A whole pipeline run: `longshort pipeline RECIPE.yaml` (see docs/pipeline.md)."""
+
+    name: str = Field("run", description="run name; the default output directory is runs/<name>")
+    seed: int = Field(0, description="global seed (Python, NumPy, torch) and the base of every stage's seed")
+    models: ModelsConfig = Field(default_factory=ModelsConfig, description="which models")
+    data: DataConfig = Field(default_factory=DataConfig, description="training traces and evaluation sets")
+    chunk: ChunkConfig = Field(default_factory=ChunkConfig, description="splitting traces into thoughts")
+    score: ImportanceConfig = Field(default_factory=ImportanceConfig, description="Monte Carlo importance")
+    coldstart: ColdStartConfig = Field(default_factory=ColdStartConfig,
+                                       description="assigning thoughts to roles, building the SFT sets")
+    sft: SFTSettings = Field(default_factory=SFTSettings, description="cold-start SFT (both roles)")
+    rl: RLSettings = Field(default_factory=RLSettings, description="alternating multi-turn RL")
+    eval: EvalStageConfig = Field(default_factory=EvalStageConfig, description="evaluation of the systems")
+    report: ReportConfig = Field(default_factory=ReportConfig, description="the report")
+
+    @model_validator(mode="after")
+    def _check_templates(self) -> PipelineConfig:
+        # build the stages' own run configs once, so their cross-field rules fail now, not hours in
+        sft_run_config(self, role="long", data="-", model=self.models.base, out="-")
+        rl_run_config(self, long="-", short="-", data="-", out="-")
+        return self
+
+
+def load_config(path: str | os.PathLike) -> PipelineConfig:
+    """Read and validate a recipe; `InputError` naming the file and field on any problem."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError("config file not found", path=str(p))
+    if p.is_dir():
+        raise InputError("is a directory, expected a YAML recipe", path=str(p))
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise InputError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", path=str(p), line=line) from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text: {exc}", path=str(p)) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InputError(f"expected a mapping of sections at the top, got {type(raw).__name__}", path=str(p))
+    try:
+        config = PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown key (check the spelling; see docs/pipeline.md for the accepted keys)"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise InputError(f"{msg}{more}", path=str(p), line=_line_of(p, err.get("loc", ())),
+                         field=loc or None) from None
+    _check_paths(config, p)
+    return config
+
+
+def _line_of(path: Path, loc: tuple) -> int | None:
+    """Best effort: the line of the YAML key at `loc` (the last string key found in order)."""
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        return None
+    line = None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == str(key):
+                    line, node = k.start_mark.line + 1, v
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _looks_local(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.endswith(".gguf")
+
+
+def _check_paths(config: PipelineConfig, path: Path) -> None:
+    def missing(field: str, value: str | os.PathLike, what: str) -> InputError:
+        return InputError(f"{what} not found: {value}", path=str(path), line=_line_of(path, tuple(field.split("."))),
+                          field=field)
+
+    d = config.data
+    if d.source == "file" and d.traces is not None and not Path(d.traces).expanduser().is_file():
+        raise missing("data.traces", d.traces, "trace file")
+    if d.data_dir is not None and not Path(d.data_dir).expanduser().is_dir():
+        raise missing("data.data_dir", d.data_dir, "benchmark directory")
+    for i, ev in enumerate(d.eval):
+        if ev.name.endswith((".jsonl", ".jsonl.gz", ".json")) and not Path(ev.name).expanduser().is_file():
+            raise missing(f"data.eval.{i}.name", ev.name, "evaluation file")
+    for field in ("base", "scorer"):
+        spec = getattr(config.models, field)
+        if spec and _looks_local(spec) and not Path(spec).expanduser().exists():
+            raise missing(f"models.{field}", spec, "model path")
+
+
+def dump_config(config: PipelineConfig) -> str:
+    """The resolved config as YAML (every default written out), for the run directory."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def config_hash(config: PipelineConfig) -> str:
+    return hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]

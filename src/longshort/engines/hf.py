@@ -1,0 +1,491 @@
+"""The transformers generation engine (default backend, DESIGN §3).
+
+Our own decoding loop over a Hugging Face causal LM, because `model.generate()` cannot give each
+row of one batch its own stop strings, seed, temperature and token limit. What it does:
+
+- batches requests with left padding, longest prompts first, rows capped by `batch_size` and by
+  a token budget (rows × (prompt + new tokens)); on out-of-memory the batch is halved and retried;
+- `n > 1`: the shared prompt is encoded once and its KV cache copied for the n samples
+  (`reuse_prefix=False` re-encodes it per sample, the baseline for benchmarks);
+- per-row sampling (temperature, top-p, greedy when temperature is 0) with per-row seeds: the
+  noise for a row comes from a counter-based hash of (seed, sample index, step, token id), so a
+  seeded request gives the same completions whatever else is in its batch;
+- per-request stop strings (text cut at the earliest stop, the stop reported), EOS, per-row
+  `max_new_tokens`, finish reasons, generated-token counts, optional per-token logprobs;
+- finished rows leave the batch (the KV cache is compacted) so short answers do not pay for
+  long ones;
+- optional fast path for GPUs (on by default with CUDA): a static KV cache and a
+  `torch.compile`d decoding step, as transformers' own `cache_implementation="static"` does.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from longshort.engines.base import Completion, Engine, GenerationRequest, GenerationResult
+from longshort.errors import LongshortError
+
+log = logging.getLogger(__name__)
+
+
+class HFEngineConfig(BaseModel):
+    """Settings of the transformers engine."""
+
+    batch_size: int | None = Field(
+        None, ge=1,
+        description="Max rows (samples) decoded together; None = 64 on CPU, 256 on CUDA "
+                    "(big enough to saturate the device, small enough for the 135M default model).")
+    token_budget: int | None = Field(
+        None, ge=1,
+        description="Max rows × (prompt + new tokens) per batch; None = derived from the KV-cache size "
+                    "per token and ~2 GB on CPU / half the free GPU memory, so long prompts get fewer rows.")
+    reuse_prefix: bool = Field(
+        True, description="Encode a prompt once and copy its KV cache for its n samples (False re-encodes "
+                          "per sample; only useful as a benchmark baseline).")
+    fast_path: Literal["auto", "on", "off"] = Field(
+        "auto", description="Static KV cache + torch.compile'd decode step; auto = on when the model is on "
+                            "CUDA (where it pays off), off on CPU (compilation costs more than it saves).")
+    compile: bool | None = Field(
+        None, description="torch.compile the decode step of the fast path; None = whenever the fast path "
+                          "is on (False: static cache alone, for debugging on CPU).")
+    compact_threshold: float = Field(
+        0.25, ge=0.0, le=1.0,
+        description="Drop finished rows from the batch when at least this fraction of rows has finished "
+                    "(0.25: compaction copies the cache, so do it in steps, not per row).")
+    device: str | None = Field(None, description="Device for a model loaded from a spec; None = cuda if present.")
+    dtype: str | None = Field(None, description="Dtype for a model loaded from a spec; None = float32 on CPU, "
+                                                "bfloat16 on CUDA.")
+
+
+@dataclass
+class _Unit:
+    """One prompt and the sample indices of its request decoded in the same batch."""
+
+    req: int
+    ids: list[int]
+    samples: list[int]
+
+
+class _OOM(Exception):
+    pass
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+# ----------------------------------------------------------------------------- sampling
+
+_M64 = (1 << 64) - 1
+
+
+def _i64(x: int) -> int:
+    """Two's-complement int64 view of an unsigned 64-bit constant."""
+    x &= _M64
+    return x - (1 << 64) if x >= (1 << 63) else x
+
+
+_K_SEED, _K_STEP, _K_TOK = _i64(0x9E3779B97F4A7C15), _i64(0xC2B2AE3D27D4EB4F), _i64(0x165667B19E3779F9)
+_MIX1, _MIX2 = _i64(0xBF58476D1CE4E5B9), _i64(0x94D049BB133111EB)
+
+
+def _shr(x, s: int):
+    """Logical right shift of an int64 tensor (torch's >> is arithmetic)."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def _mix(x):
+    """splitmix64 finaliser on int64 tensors (multiplication wraps modulo 2**64)."""
+    x = (x ^ _shr(x, 30)) * _MIX1
+    x = (x ^ _shr(x, 27)) * _MIX2
+    return x ^ _shr(x, 31)
+
+
+def row_seed(seed: int, sample: int) -> int:
+    """The sampling seed of sample `sample` of a request seeded with `seed`."""
+    import torch
+
+    t = torch.tensor([_i64(seed * 1_000_003 + sample * 7919 + 1)], dtype=torch.int64)
+    return int(_mix(_mix(t))[0])
+
+
+def uniform_noise(seeds, step: int, vocab: int):
+    """Uniform (0, 1) noise of shape [rows, vocab], a pure function of (row seed, step, token)."""
+    import torch
+
+    tok = torch.arange(vocab, device=seeds.device, dtype=torch.int64) * _K_TOK
+    x = seeds[:, None] * _K_SEED + tok[None, :] + _i64(step * _K_STEP)
+    x = _mix(x)
+    return (_shr(x, 40).to(torch.float32) + 0.5) / float(1 << 24)
+
+
+def sample_tokens(logits, temperature, top_p, seeds, step: int, *, want_logprobs: bool):
+    """Pick one token per row.
+
+    logits [R, V]; temperature [R] (0 = greedy); top_p [R]; seeds [R] int64. Sampling uses the
+    Gumbel-max trick with per-row counter-based noise. The logprob returned is that of the chosen
+    token under softmax(logits / temperature) (plain softmax for greedy rows), before top-p.
+    Returns (tokens [R] int64, logprobs [R] float32 or None).
+    """
+    import torch
+
+    logits = logits.float()
+    greedy = temperature <= 0
+    tokens = logits.argmax(-1)
+    scaled = logits
+    if not bool(greedy.all()):
+        temp = torch.where(greedy, torch.ones_like(temperature), temperature).to(logits.dtype)
+        scaled = logits / temp[:, None]
+        masked = scaled
+        if bool((top_p < 1.0).any()):
+            sorted_logits, order = scaled.sort(-1, descending=True)
+            probs = sorted_logits.softmax(-1)
+            before = probs.cumsum(-1) - probs  # mass strictly before each token
+            drop_sorted = before > top_p[:, None].to(probs.dtype)
+            drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+            masked = scaled.masked_fill(drop, float("-inf"))
+        gumbel = -torch.log(-torch.log(uniform_noise(seeds, step, logits.shape[-1])))
+        sampled = (masked + gumbel).argmax(-1)
+        tokens = torch.where(greedy, tokens, sampled)
+    logprobs = None
+    if want_logprobs:
+        logprobs = scaled.log_softmax(-1).gather(-1, tokens[:, None])[:, 0]
+    return tokens, logprobs
+
+
+# ----------------------------------------------------------------------------- engine
+
+
+class HFEngine(Engine):
+    """Batched generation with a transformers model. See the module docstring."""
+
+    name = "transformers"
+
+    def __init__(self, model: Any, tokenizer: Any = None, *, batch_size: int | None = None,
+                 token_budget: int | None = None, reuse_prefix: bool = True, device: str | None = None,
+                 dtype: Any = None, fast_path: str = "auto", compile: bool | None = None,
+                 config: HFEngineConfig | None = None):
+        cfg = config or HFEngineConfig(
+            batch_size=batch_size, token_budget=token_budget, reuse_prefix=reuse_prefix,
+            device=device, dtype=None if dtype is None else str(dtype), fast_path=fast_path,
+            compile=compile)
+        self.config = cfg
+        if isinstance(model, str):
+            from longshort.models import load_model
+
+            self.model_name = model
+            self.model, tok = load_model(model, dtype=cfg.dtype, device=cfg.device)
+            self.tokenizer = tokenizer or tok
+        else:
+            if tokenizer is None:
+                raise LongshortError("HFEngine(model) with an in-memory model needs its tokenizer")
+            self.model, self.tokenizer = model, tokenizer
+            self.model_name = str(getattr(model, "name_or_path", "") or type(model).__name__)
+            if cfg.device is not None:
+                self.model.to(cfg.device)
+        from longshort.models import _finish_tokenizer
+
+        _finish_tokenizer(self.tokenizer)
+        self.device = next(self.model.parameters()).device
+        self._cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
+            else "past_key_values"
+        self._eos = self._eos_ids()
+        self._specials = sorted((t for t in self.tokenizer.all_special_tokens if t), key=len, reverse=True)
+        self._rows_cap = cfg.batch_size or (256 if self.device.type == "cuda" else 64)
+        self._budget = cfg.token_budget or self._default_budget()
+        self._compiled = None
+
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, **kwargs: Any) -> HFEngine:
+        """Wrap an in-memory model (e.g. the policy being trained) without copying it."""
+        return cls(model, tokenizer, **kwargs)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for src in (getattr(self.model.generation_config, "eos_token_id", None), self.tokenizer.eos_token_id):
+            if src is None:
+                continue
+            ids.update(src if isinstance(src, (list, tuple)) else [src])
+        return ids
+
+    def _kv_bytes_per_token(self) -> int:
+        c = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") \
+            else self.model.config
+        layers = getattr(c, "num_hidden_layers", 24)
+        heads = getattr(c, "num_key_value_heads", None) or getattr(c, "num_attention_heads", 16)
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        elt = next(self.model.parameters()).element_size()
+        return 2 * layers * heads * head_dim * elt
+
+    def _default_budget(self) -> int:
+        import torch
+
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            mem = free // 2
+        else:
+            mem = 2 << 30
+        return max(4096, mem // self._kv_bytes_per_token())
+
+    @property
+    def fast(self) -> bool:
+        mode = self.config.fast_path
+        return mode == "on" or (mode == "auto" and self.device.type == "cuda")
+
+    def render(self, request: GenerationRequest) -> str:
+        """The exact text the model is given: chat template + generation prompt + assistant prefix,
+        or the raw prompt (+ prefix)."""
+        if request.prompt is not None:
+            return request.prompt + request.assistant_prefix
+        text = self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
+        return text + request.assistant_prefix
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def _clean(self, text: str) -> str:
+        for s in self._specials:
+            text = text.replace(s, "")
+        return text
+
+    # -- public API -------------------------------------------------------------------------
+
+    def generate(self, requests: Sequence[GenerationRequest], *, progress: bool = False
+                 ) -> list[GenerationResult]:
+        import torch
+        from tqdm.auto import tqdm
+
+        requests = list(requests)
+        for i, r in enumerate(requests):
+            p = r.params
+            if p.n < 1 or p.max_new_tokens < 1:
+                raise LongshortError(f"request {i}: n and max_new_tokens must be >= 1 (got {p.n}, {p.max_new_tokens})")
+            if p.temperature < 0 or not 0 < p.top_p <= 1:
+                raise LongshortError(f"request {i}: need temperature >= 0 and 0 < top_p <= 1")
+        prompts = [self.encode(self.render(r)) for r in requests]
+        for i, ids in enumerate(prompts):
+            if not ids:
+                raise LongshortError(f"request {i}: empty prompt")
+        # Seeds: the request's own, else one drawn from torch's RNG (so torch.manual_seed governs it).
+        seeds = [r.params.seed if r.params.seed is not None else int(torch.randint(0, 2**62, (1,)))
+                 for r in requests]
+        out: list[list[Completion | None]] = [[None] * r.params.n for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: -(len(prompts[i]) + requests[i].params.max_new_tokens))
+        pending = [_Unit(i, prompts[i], list(range(requests[i].params.n))) for i in order]
+        total = sum(r.params.n for r in requests)
+        with torch.inference_mode(), tqdm(total=total, disable=not progress, desc="generate",
+                                           unit="sample", leave=False) as bar:
+            while pending:
+                batch, pending = self._take_batch(pending, requests)
+                try:
+                    self._run_batch(batch, requests, seeds, out)
+                except _OOM:
+                    rows = sum(len(u.samples) for u in batch)
+                    if rows <= 1:
+                        raise LongshortError("out of memory generating a single sample; use a smaller "
+                                             "model, shorter prompts or max_new_tokens") from None
+                    self._rows_cap = max(1, rows // 2)
+                    self._budget = max(1, self._budget // 2)
+                    log.warning("out of memory with %d rows; retrying with at most %d", rows, self._rows_cap)
+                    pending = batch + pending
+                    continue
+                bar.update(sum(len(u.samples) for u in batch))
+        return [GenerationResult(completions=list(out[i]), prompt_tokens=len(prompts[i]), request=r)
+                for i, r in enumerate(requests)]
+
+    def _take_batch(self, pending: list[_Unit], requests: Sequence[GenerationRequest]
+                    ) -> tuple[list[_Unit], list[_Unit]]:
+        """Greedy packing under the row cap and the token budget; splits a request's samples
+        across batches when needed. Always takes at least one row."""
+        batch: list[_Unit] = []
+        rows, longest = 0, 0
+        rest = list(pending)
+        while rest:
+            u = rest[0]
+            span = len(u.ids) + requests[u.req].params.max_new_tokens
+            new_longest = max(longest, span)
+            room_rows = self._rows_cap - rows
+            room_budget = self._budget // new_longest - rows
+            room = min(room_rows, room_budget)
+            if room <= 0:
+                if batch:
+                    break
+                room = 1
+            if room >= len(u.samples):
+                batch.append(rest.pop(0))
+                rows += len(u.samples)
+            else:
+                batch.append(_Unit(u.req, u.ids, u.samples[:room]))
+                rest[0] = _Unit(u.req, u.ids, u.samples[room:])
+                rows += room
+            longest = new_longest
+        return batch, rest
+
+    def _forward(self, cache: Any, **kw: Any) -> Any:
+        return self.model(**kw, **{self._cache_kw: cache}, use_cache=True)
+
+    def _run_batch(self, units: list[_Unit], requests: Sequence[GenerationRequest], seeds: list[int],
+                   out: list[list[Completion | None]]) -> None:
+        try:
+            self._decode(units, requests, seeds, out)
+        except Exception as exc:
+            if _is_oom(exc):
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                raise _OOM() from exc
+            raise
+
+    def _decode(self, units: list[_Unit], requests: Sequence[GenerationRequest], seeds: list[int],
+                out: list[list[Completion | None]]) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        dev = self.device
+        pad = self.tokenizer.pad_token_id
+        # Row r of the decode batch is sample rows[r] = (unit index, request index, sample index).
+        rows = [(ui, u.req, j) for ui, u in enumerate(units) for j in u.samples]
+        R = len(rows)
+        L = max(len(u.ids) for u in units)
+        prefill_units = list(range(len(units))) if self.config.reuse_prefix else [ui for ui, _, _ in rows]
+        ids = torch.full((len(prefill_units), L), pad, dtype=torch.long)
+        mask = torch.zeros((len(prefill_units), L), dtype=torch.long)
+        for k, ui in enumerate(prefill_units):
+            p = units[ui].ids
+            ids[k, L - len(p):] = torch.tensor(p)
+            mask[k, L - len(p):] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        logits = self._forward(cache, input_ids=ids, attention_mask=mask, position_ids=pos,
+                               logits_to_keep=1).logits[:, -1, :]
+        if self.config.reuse_prefix and len(prefill_units) != R:
+            expand = torch.tensor([ui for ui, _, _ in rows], device=dev)
+            cache.batch_select_indices(expand)
+            logits, mask, pos = logits[expand], mask[expand], pos[expand]
+        last_pos = pos[:, -1]
+
+        params = [requests[q].params for _, q, _ in rows]
+        max_new = [p.max_new_tokens for p in params]
+        steps = max(max_new)
+        temperature = torch.tensor([p.temperature for p in params], device=dev, dtype=torch.float32)
+        top_p = torch.tensor([p.top_p for p in params], device=dev, dtype=torch.float32)
+        row_seeds = torch.tensor([row_seed(seeds[q], j) for _, q, j in rows], device=dev, dtype=torch.int64)
+        want_lp = [p.logprobs for p in params]
+        any_lp = any(want_lp)
+        stops = [list(p.stop or []) for p in params]
+        # a stop of k characters spans at most ~4k byte-level tokens; +8 for merges around it
+        window = [4 * max((len(s) for s in st), default=0) + 8 for st in stops]
+
+        toks: list[list[int]] = [[] for _ in range(R)]
+        lps: list[list[float]] = [[] for _ in range(R)]
+        done = [False] * R
+        live = list(range(R))  # decode-batch position -> row
+        static = self.fast
+        if static:
+            cache, mask = self._to_static(cache, mask, R, L + steps)
+
+        for step in range(steps):
+            nxt, lp = sample_tokens(logits, temperature, top_p, row_seeds, step, want_logprobs=any_lp)
+            nxt_list = nxt.tolist()
+            lp_list = lp.tolist() if lp is not None else None
+            n_live = 0
+            for k, r in enumerate(live):
+                if done[r]:
+                    continue
+                toks[r].append(nxt_list[k])
+                if want_lp[r]:
+                    lps[r].append(lp_list[k])
+                c = self._finished(toks[r], stops[r], window[r], max_new[r])
+                if c is None:
+                    n_live += 1
+                    continue
+                done[r] = True
+                c.logprobs = list(lps[r]) if want_lp[r] else None
+                _, q, j = rows[r]
+                out[q][j] = c
+            if n_live == 0:
+                break
+            nxt_col = nxt[:, None]
+            last_pos = last_pos + 1
+            if static:  # fixed shapes: finished rows keep decoding, their output is ignored
+                mask[:, L + step] = 1
+                logits = self._static_step(cache, nxt_col, mask, last_pos[:, None])
+                continue
+            n_dead = len(live) - n_live
+            if n_dead and n_dead >= self.config.compact_threshold * len(live):
+                keep = [k for k, r in enumerate(live) if not done[r]]
+                idx = torch.tensor(keep, device=dev)
+                cache.batch_select_indices(idx)
+                mask, last_pos, nxt_col = mask[idx], last_pos[idx], nxt_col[idx]
+                temperature, top_p, row_seeds = temperature[idx], top_p[idx], row_seeds[idx]
+                live = [live[k] for k in keep]
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            logits = self._forward(cache, input_ids=nxt_col, attention_mask=mask,
+                                   position_ids=last_pos[:, None]).logits[:, -1, :]
+
+    def _finished(self, row_toks: list[int], stops: list[str], window: int, max_new: int
+                  ) -> Completion | None:
+        """The row's Completion if its last token ended it (EOS, a stop string, the length limit)."""
+        finish, stop_hit, text = None, None, None
+        if row_toks[-1] in self._eos:
+            finish = "stop"
+            text = self._clean(self.tokenizer.decode(row_toks[:-1], skip_special_tokens=False))
+        elif stops:
+            tail = self.tokenizer.decode(row_toks[-window:], skip_special_tokens=False)
+            if any(s in tail for s in stops):
+                full = self.tokenizer.decode(row_toks, skip_special_tokens=False)
+                at, stop_hit = min((full.find(s), s) for s in stops if s in full)
+                finish, text = "stop", self._clean(full[:at])
+        if finish is None and len(row_toks) >= max_new:
+            finish = "length"
+            text = self._clean(self.tokenizer.decode(row_toks, skip_special_tokens=False))
+        if finish is None:
+            return None
+        return Completion(text=text, num_tokens=len(row_toks), finish_reason=finish, stop=stop_hit,
+                          token_ids=list(row_toks))
+
+    # -- static-cache fast path -------------------------------------------------------------
+
+    def _to_static(self, dyn: Any, mask: Any, rows: int, max_len: int) -> tuple[Any, Any]:
+        import torch
+        from transformers import StaticCache
+
+        max_len = int(math.ceil(max_len / 128) * 128)  # bucket, so similar batches reuse compiled graphs
+        static = StaticCache(config=self.model.config, max_cache_len=max_len)
+        for li, layer in enumerate(dyn.layers):
+            static.update(layer.keys, layer.values, li)
+        full = torch.zeros((rows, max_len), dtype=mask.dtype, device=mask.device)
+        full[:, :mask.shape[1]] = mask
+        return static, full
+
+    def _static_step(self, cache: Any, ids: Any, mask: Any, pos: Any) -> Any:
+        import torch
+
+        fn = self.model.forward
+        if self.config.compile is not False:
+            if self._compiled is None:
+                # what transformers' generate() does for cache_implementation="static" on GPUs
+                self._compiled = torch.compile(self.model.forward, mode="reduce-overhead", fullgraph=False,
+                                               dynamic=False)
+            fn = self._compiled
+        out = fn(input_ids=ids, attention_mask=mask, position_ids=pos,
+                             **{self._cache_kw: cache}, use_cache=True)
+        return out.logits[:, -1, :].clone()

@@ -1,0 +1,131 @@
+"""Pieces shared by SFT and RL: model checks and loading for training, precision, logging
+targets, checkpoint discovery, the run manifest and the "finished" marker of an output dir.
+
+A finished training output is a normal transformers directory (``config.json``, weights,
+tokenizer files) plus ``longshort_run.json`` (resolved config, package versions, metrics);
+``longshort_run.json`` is written last, so its presence means the directory is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from longshort.errors import LongshortError
+from longshort.io import write_json_atomic
+
+DONE_MARKER = "longshort_run.json"
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def check_model_spec(spec: str, *, what: str = "model") -> None:
+    """Fail early, with one clear line, on a local model directory that cannot be trained:
+    no ``config.json`` or no tokenizer files. Other specs are checked by `load_model`."""
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        return
+    if not (path / "config.json").exists():
+        raise LongshortError(f"{what} directory {path} has no config.json (not a transformers model)")
+    if not any((path / f).exists() for f in _TOKENIZER_FILES):
+        raise LongshortError(
+            f"{what} directory {path} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); "
+            "save the tokenizer next to the model (tokenizer.save_pretrained(dir))")
+
+
+def load_for_training(spec: str, *, what: str = "model") -> tuple[Any, Any]:
+    """(model, tokenizer) in float32 on CPU, ready for a TRL trainer (which moves it to the
+    accelerator's device and handles mixed precision itself)."""
+    from longshort.models import load_model
+
+    check_model_spec(spec, what=what)
+    model, tok = load_model(spec, dtype="float32", device="cpu")
+    model.train()
+    if tok.pad_token_id is None:  # load_model promises one; keep the trainer safe anyway
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
+    """The exact text a role sees before its turn: chat template with the generation prompt,
+    then the transcript it continues (docs/CONTRACTS.md, chat rendering with `assistant_prefix`)."""
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + assistant_prefix
+
+
+def precision_flags(precision: Precision) -> dict[str, bool]:
+    """`bf16`/`fp16` TrainingArguments for a precision choice; ``auto`` = bf16 on a CUDA device
+    that supports it, else fp32 (CPU training in half precision is slow and lossy)."""
+    import torch
+
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def report_targets(report_to: str) -> list[str]:
+    """``tensorboard`` (default), ``wandb``, both (comma separated) or ``none``."""
+    names = [s.strip() for s in report_to.split(",") if s.strip()]
+    if not names or names == ["none"]:
+        return []
+    for name in names:
+        if name not in ("tensorboard", "wandb"):
+            raise LongshortError(f"unknown --report-to {name!r}; use tensorboard, wandb or none")
+    if "wandb" in names:
+        try:
+            import wandb  # noqa: F401
+        except ImportError as exc:
+            raise LongshortError("--report-to wandb needs the wandb package (pip install wandb)") from exc
+    return names
+
+
+def last_checkpoint(ckpt_dir: str | os.PathLike) -> str | None:
+    """The newest complete ``checkpoint-N`` under `ckpt_dir` (highest N holding a trainer
+    state), or None."""
+    root = Path(ckpt_dir)
+    if not root.is_dir():
+        return None
+    found = []
+    for child in root.iterdir():
+        m = re.fullmatch(r"checkpoint-(\d+)", child.name)
+        if m and child.is_dir() and (child / "trainer_state.json").exists():
+            found.append((int(m.group(1)), child))
+    return str(max(found)[1]) if found else None
+
+
+def is_finished(out_dir: str | os.PathLike) -> bool:
+    """True when `out_dir` holds a complete, finished model (its marker was written last)."""
+    return (Path(out_dir) / DONE_MARKER).exists() and (Path(out_dir) / "config.json").exists()
+
+
+def manifest(seed: int) -> dict[str, Any]:
+    """Package versions, python, platform, seed and git revision, for reproducibility."""
+    import accelerate
+    import torch
+    import transformers
+    import trl
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        rev = None
+    return {
+        "python": sys.version.split()[0], "platform": platform.platform(), "seed": seed,
+        "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+        "accelerate": accelerate.__version__, "git_revision": rev,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def write_done_marker(out_dir: str | os.PathLike, payload: dict[str, Any]) -> None:
+    write_json_atomic(Path(out_dir) / DONE_MARKER, payload)
+
+
+def is_main_process() -> bool:
+    """True on the rank-0 process (or when not distributed): it alone writes shared files."""
+    return int(os.environ.get("RANK", "0")) == 0

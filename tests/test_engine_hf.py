@@ -1,0 +1,203 @@
+"""The transformers engine on the tiny random model: batching, n samples with KV reuse, seeds,
+stop strings, logprobs, finish reasons, token counts, batch splitting and OOM retry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from longshort.engines import GenerationRequest, SamplingParams, make_engine
+from longshort.engines.hf import HFEngine, sample_tokens
+from longshort.errors import LongshortError
+
+QUESTIONS = ["What is 2+2?", "Name a prime number larger than ten, please, and explain why it is prime.",
+             "Hi", "Compute 17 * 23 step by step."]
+
+
+@pytest.fixture(scope="module")
+def engine() -> HFEngine:
+    return make_engine("tiny-random", device="cpu")
+
+
+def chat(q: str, **params) -> GenerationRequest:
+    return GenerationRequest(messages=[{"role": "user", "content": q}], params=SamplingParams(**params))
+
+
+def hf_greedy(engine: HFEngine, req: GenerationRequest, n: int) -> list[int]:
+    ids = engine.tokenizer(engine.render(req), return_tensors="pt", add_special_tokens=False)
+    out = engine.model.generate(**ids, max_new_tokens=n, do_sample=False, eos_token_id=None)
+    return out[0, ids["input_ids"].shape[1]:].tolist()
+
+
+def test_greedy_batch_matches_model_generate_per_prompt(engine):
+    # prompts of different lengths in one batch: left padding and positions must be right
+    reqs = [chat(q, temperature=0, max_new_tokens=8) for q in QUESTIONS]
+    reqs.append(GenerationRequest(prompt="Once upon a time", params=SamplingParams(temperature=0, max_new_tokens=8)))
+    results = engine.generate(reqs)
+    for req, res in zip(reqs, results, strict=True):
+        c = res.completions[0]
+        assert c.token_ids == hf_greedy(engine, req, 8)
+        assert c.num_tokens == 8 and c.finish_reason == "length" and c.stop is None
+        assert res.prompt_tokens == engine.count_tokens(engine.render(req))
+        assert res.request is req
+
+
+def test_render_applies_template_and_assistant_prefix(engine):
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]
+    req = GenerationRequest(messages=msgs, assistant_prefix="<think>\nstep one")
+    text = engine.render(req)
+    assert text == engine.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) + \
+        "<think>\nstep one"
+    assert engine.render(GenerationRequest(prompt="raw text")) == "raw text"
+
+
+def test_seeds_reproducible_independent_of_batch_and_samples_differ(engine):
+    req = chat(QUESTIONS[0], temperature=1.0, max_new_tokens=10, n=3, seed=123)
+    alone = engine.generate([req])[0].completions
+    mixed = engine.generate([chat(QUESTIONS[1], temperature=0.8, max_new_tokens=6, n=2), req,
+                             chat(QUESTIONS[3], temperature=0, max_new_tokens=12)])[1].completions
+    assert [c.token_ids for c in alone] == [c.token_ids for c in mixed]
+    assert len({tuple(c.token_ids) for c in alone}) == 3  # the n samples are not copies
+    other = engine.generate([chat(QUESTIONS[0], temperature=1.0, max_new_tokens=10, n=3, seed=124)])[0]
+    assert [c.token_ids for c in other.completions] != [c.token_ids for c in alone]
+    torch.manual_seed(0)
+    a = engine.generate([chat(QUESTIONS[0], temperature=1.0, max_new_tokens=6)])[0].completions[0].token_ids
+    torch.manual_seed(0)
+    b = engine.generate([chat(QUESTIONS[0], temperature=1.0, max_new_tokens=6)])[0].completions[0].token_ids
+    assert a == b  # unseeded requests follow torch's global RNG
+
+
+def test_kv_reuse_gives_the_same_samples_as_reencoding(engine):
+    reqs = [chat(q, temperature=1.0, max_new_tokens=8, n=4, seed=i) for i, q in enumerate(QUESTIONS[:2])]
+    reuse = engine.generate(reqs)
+    plain = HFEngine.from_model(engine.model, engine.tokenizer, reuse_prefix=False).generate(reqs)
+    for a, b in zip(reuse, plain, strict=True):
+        assert [c.token_ids for c in a.completions] == [c.token_ids for c in b.completions]
+
+
+def test_stop_strings_cut_text_and_report_the_stop(engine):
+    base = chat(QUESTIONS[1], temperature=1.0, max_new_tokens=24, seed=7)
+    full = engine.generate([base])[0].completions[0]
+    assert full.finish_reason == "length"
+    text = full.text
+    # two stop strings taken from the sampled text; the earlier one must win
+    first, second = text[8:12], text[16:20]
+    assert first not in text[:8] and second not in text[:8]
+    req = chat(QUESTIONS[1], temperature=1.0, max_new_tokens=24, seed=7, stop=[second, first])
+    c = engine.generate([req])[0].completions[0]
+    assert c.finish_reason == "stop" and c.stop == first
+    assert c.text == text[:8]
+    assert c.num_tokens < full.num_tokens and c.token_ids == full.token_ids[:c.num_tokens]
+    # generated tokens up to and including the stop are counted
+    assert first in engine.tokenizer.decode(c.token_ids)
+    assert first not in engine.tokenizer.decode(c.token_ids[:-1])
+
+
+def test_per_request_limits_and_stops_in_one_batch(engine):
+    base = engine.generate([chat(QUESTIONS[2], temperature=1.0, max_new_tokens=20, seed=3)])[0].completions[0]
+    stop = base.text[5:9]
+    reqs = [chat(QUESTIONS[0], temperature=0, max_new_tokens=3),
+            chat(QUESTIONS[2], temperature=1.0, max_new_tokens=20, seed=3, stop=[stop]),
+            chat(QUESTIONS[3], temperature=0.7, max_new_tokens=11, n=2, seed=1)]
+    res = engine.generate(reqs)
+    assert res[0].completions[0].num_tokens == 3
+    assert res[1].completions[0].stop == stop and res[1].completions[0].text == base.text[:5]
+    assert [c.num_tokens for c in res[2].completions] == [11, 11]
+
+
+def test_eos_ends_with_stop_and_is_counted(engine):
+    req = chat(QUESTIONS[0], temperature=0, max_new_tokens=8)
+    first = hf_greedy(engine, req, 1)[0]
+    eng = HFEngine.from_model(engine.model, engine.tokenizer)
+    eng._eos = {first}  # the token greedy decoding emits first plays EOS here
+    c = eng.generate([req])[0].completions[0]
+    assert (c.finish_reason, c.num_tokens, c.token_ids, c.stop) == ("stop", 1, [first], None)
+    assert c.text == ""
+
+
+def test_logprobs_match_a_forward_pass(engine):
+    req = chat(QUESTIONS[0], temperature=0, max_new_tokens=5, logprobs=True)
+    c = engine.generate([req])[0].completions[0]
+    assert len(c.logprobs) == c.num_tokens == 5
+    prompt = engine.encode(engine.render(req))
+    seq = torch.tensor([prompt + c.token_ids])
+    with torch.no_grad():
+        logp = engine.model(seq).logits[0].float().log_softmax(-1)
+    expect = [logp[len(prompt) - 1 + i, t].item() for i, t in enumerate(c.token_ids)]
+    assert c.logprobs == pytest.approx(expect, abs=1e-4)
+    assert engine.generate([chat(QUESTIONS[0], temperature=0, max_new_tokens=2)])[0].completions[0].logprobs is None
+
+
+def test_tiny_top_p_is_greedy_and_sampling_kernel_is_sane():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 50)
+    seeds = torch.tensor([1, 2, 3])
+    toks, _ = sample_tokens(logits, torch.ones(3), torch.full((3,), 1e-6), seeds, 0, want_logprobs=False)
+    assert toks.tolist() == logits.argmax(-1).tolist()
+    # empirical frequencies follow softmax(logits / T)
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(4000, 1)
+    toks, _ = sample_tokens(logits, torch.ones(4000), torch.ones(4000), torch.arange(4000), 5, want_logprobs=False)
+    freq = torch.bincount(toks, minlength=4).float() / 4000
+    assert torch.allclose(freq, logits[0].softmax(-1), atol=0.03)
+
+
+def test_batches_split_to_fit_give_identical_results(engine):
+    reqs = [chat(q, temperature=0.9, max_new_tokens=6, n=3, seed=i) for i, q in enumerate(QUESTIONS)]
+    big = engine.generate(reqs)
+    small = HFEngine.from_model(engine.model, engine.tokenizer, batch_size=2).generate(reqs, progress=True)
+    budget = HFEngine.from_model(engine.model, engine.tokenizer, token_budget=100).generate(reqs)
+    for a, b, c in zip(big, small, budget, strict=True):
+        assert [x.token_ids for x in a.completions] == [x.token_ids for x in b.completions] \
+            == [x.token_ids for x in c.completions]
+
+
+def test_out_of_memory_halves_the_batch_and_retries(engine, monkeypatch):
+    """Fault injection: the model raises torch's real OOM error for batches over 3 rows."""
+    eng = HFEngine.from_model(engine.model, engine.tokenizer, batch_size=16)
+    real = eng._forward
+    seen = []
+
+    def limited(cache, **kw):
+        seen.append(kw["input_ids"].shape[0])
+        if kw["input_ids"].shape[0] > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(cache, **kw)
+
+    monkeypatch.setattr(eng, "_forward", limited)
+    reqs = [chat(q, temperature=0, max_new_tokens=4, n=2) for q in QUESTIONS]
+    res = eng.generate(reqs)
+    expected = engine.generate(reqs)
+    assert [c.token_ids for r in res for c in r.completions] == \
+        [c.token_ids for r in expected for c in r.completions]
+    assert max(seen) > 3 and eng._rows_cap <= 3
+
+
+def test_static_cache_path_matches_dynamic(engine):
+    reqs = [chat(q, temperature=0.8, max_new_tokens=7, n=2, seed=i) for i, q in enumerate(QUESTIONS[:3])]
+    static = HFEngine.from_model(engine.model, engine.tokenizer, fast_path="on", compile=False)
+    assert static.fast and not engine.fast  # auto: off on CPU
+    a, b = engine.generate(reqs), static.generate(reqs)
+    assert [c.token_ids for r in a for c in r.completions] == [c.token_ids for r in b for c in r.completions]
+
+
+def test_different_tokenizer_model_generates():
+    eng = make_engine("tiny-random-bytes", device="cpu")
+    res = eng.generate([chat("2+2?", temperature=1.0, max_new_tokens=5, seed=0, n=2)])[0]
+    assert [c.num_tokens for c in res.completions] == [5, 5]
+    text = eng.render(res.request)
+    specials = text.count("<|im_start|>") + text.count("<|im_end|>")
+    plain = text.replace("<|im_start|>", "").replace("<|im_end|>", "")
+    assert res.prompt_tokens == len(plain.encode()) + specials  # one token per byte, specials one each
+
+
+def test_bad_requests_and_engine_names_are_clear_errors(engine):
+    with pytest.raises(LongshortError, match="max_new_tokens"):
+        engine.generate([chat("x", max_new_tokens=0)])
+    with pytest.raises(LongshortError, match="temperature"):
+        engine.generate([chat("x", temperature=-1)])
+    with pytest.raises(LongshortError, match="accepted: transformers"):
+        make_engine("tiny-random", "tgi")
+    with pytest.raises(LongshortError, match="base URL"):
+        make_engine("tiny-random", "openai")
+    with pytest.raises(LongshortError, match="unknown model spec"):
+        make_engine("no-such-model")

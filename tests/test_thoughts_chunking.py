@@ -1,0 +1,187 @@
+"""Chunking: heuristic on synthetic and real traces, repair, and the llm chunker with scripted
+and real (tiny-random) engines."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from longshort.engines.base import Completion, Engine, GenerationResult
+from longshort.thoughts.chunking import (
+    CATEGORIES,
+    ChunkConfig,
+    LLMChunkConfig,
+    check_thoughts,
+    chunk,
+    chunk_records,
+    classify_step,
+    heuristic_chunk,
+    llm_chunk_many,
+    normalize_category,
+    parse_llm_ranges,
+    repair_ranges,
+)
+from longshort.thoughts.ingest import load_traces
+from longshort.thoughts.quality import boundary_prf
+from longshort.thoughts.synthetic import generate
+
+
+@pytest.fixture(scope="module")
+def tiny_engine():
+    from longshort.engines.hf import HFEngine
+
+    eng = HFEngine("tiny-random")
+    yield eng
+    eng.close()
+
+
+class ScriptedEngine(Engine):
+    """Answers each request with the next scripted text (per call index); records requests."""
+
+    name = "scripted"
+
+    def __init__(self, script):
+        self.script = script  # callable(request, call_index) -> str
+        self.calls: list[list] = []
+
+    def generate(self, requests, *, progress=False):
+        self.calls.append(list(requests))
+        k = len(self.calls) - 1
+        return [GenerationResult([Completion(self.script(r, k), 5, "stop") for _ in range(r.params.n)], 10, r)
+                for r in requests]
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+
+def _assert_partition(thoughts, n):
+    assert check_thoughts(thoughts, n) == []
+    assert all(t["category"] in CATEGORIES for t in thoughts)
+
+
+def test_heuristic_on_synthetic_matches_planted_boundaries():
+    recs = generate(60, seed=11)
+    chunks = chunk_records(recs)
+    for c in chunks:
+        _assert_partition(c["thoughts"], len(c["steps"]))
+        assert "\n\n".join(t["text"] for t in c["thoughts"]) == "\n\n".join(c["steps"])
+    prf = boundary_prf([c["thoughts"] for c in chunks], [r["gold_thoughts"] for r in recs])
+    # a chunker that split at every step would get recall 1 but precision ~0.6; at no step, 0
+    assert prf["precision"] > 0.75 and prf["recall"] > 0.75
+
+
+def test_heuristic_categories_follow_markers():
+    steps = ["Okay, so I need to find the sum of the roots.", "The polynomial is x^2 - 5x + 6.",
+             "First, let me factor it: (x-2)(x-3).", "So the roots are 2 and 3.",
+             "Wait, let me double-check: 2*3 = 6 and 2+3 = 5. Yes.",
+             "Alternatively, Vieta gives the sum directly as 5.", "So the answer is 5.", "**Final Answer**\n\\boxed{5}"]
+    th = heuristic_chunk(steps)
+    _assert_partition(th, len(steps))
+    cats = [t["category"] for t in th]
+    assert cats[0] == "understanding" and "verification" in cats and "alternative" in cats
+    assert cats[-1] == "conclusion" and th[-1]["start"] == 7 and th[-1]["end"] == 8
+    assert classify_step("Hmm, that seems off.")[0] == "other"
+    assert classify_step("Let me verify this.")[0] == "verification"
+
+
+def test_heuristic_caps_thought_length():
+    steps = [f"{i} * 2 = {2 * i}" for i in range(40)]
+    th = heuristic_chunk(steps)
+    _assert_partition(th, 40)
+    assert max(t["end"] - t["start"] + 1 for t in th) <= 12
+
+
+def test_heuristic_on_real_traces(shared_dir):
+    for name in ("longshort_example", "sat_deepseek_r1", "skyt1_32b_aime24"):
+        recs = load_traces(shared_dir / "longcot" / f"{name}.jsonl")[:10]
+        for c in chunk_records(recs):
+            n = len(c["steps"])
+            _assert_partition(c["thoughts"], n)
+            # thoughts group steps: fewer thoughts than steps on real R1-style traces of any length
+            assert 1 <= len(c["thoughts"]) <= n
+            if n >= 20:
+                assert len(c["thoughts"]) < n
+
+
+def test_normalize_category():
+    assert normalize_category("Problem Understanding") == "understanding"
+    assert normalize_category("self_checking") == "verification"
+    assert normalize_category("Alternative approach") == "alternative"
+    assert normalize_category("final answer") == "conclusion"
+    assert normalize_category("active_computation") == "computation"
+    assert normalize_category("zzz") == "other"
+
+
+def test_repair_ranges():
+    fixed, rep = repair_ranges([(1, 3, "a"), (3, 5, "b"), (8, 9, "c")], 10)
+    assert fixed == [(1, 3, "a"), (4, 7, "b"), (8, 10, "c")]
+    assert rep == ["gap_merged", "overlap_clipped"]
+    fixed, rep = repair_ranges([(3, 4, "a"), (0, 2, "b"), (2, 12, "c")], 6)
+    # (2, 12) is clipped to the trace, sorted before (3, 4), clipped to start at 3, and swallows it
+    assert fixed == [(1, 2, "b"), (3, 6, "c")] and rep == ["clipped_bounds", "overlap_clipped"]
+
+
+def test_parse_llm_ranges_formats():
+    assert parse_llm_ranges('```json\n[{"start": 1, "end": "2", "type": "x"}]\n```') == [(1, 2, "x")]
+    lsf = "{'block 2': {'start': '3', 'end': '4', 'block type': 'b'}, 'block 1': {'start': '1', 'end': '2', 'block type': 'a'}}"
+    assert parse_llm_ranges(lsf) == [(1, 2, "a"), (3, 4, "b")]
+    for bad in ("no json here", "[1, 2]", '[{"start": "one", "end": 2}]', "[]"):
+        with pytest.raises(ValueError):
+            parse_llm_ranges(bad)
+
+
+def test_llm_chunker_repairs_retries_and_falls_back():
+    steps_a = [f"Step text {i} with 2 + {i} = {i + 2}." for i in range(6)]
+    steps_b = ["Okay, so I need x.", "x = 3.", "Wait, let me check: 3.", "So the answer is 3."]
+    steps_c = ["A", "B", "C"]
+
+    def script(req, call):
+        prompt = req.messages[0]["content"]
+        if "Step text" in prompt:  # trace A: broken JSON first, then overlapping + missing ranges
+            return "[{start: 1, end" if call == 0 else json.dumps(
+                [{"start": 1, "end": 3, "type": "understanding"}, {"start": 3, "end": 4, "type": "computation"}])
+        if "need x" in prompt:  # trace B: valid at once
+            return json.dumps([{"start": 1, "end": 2, "type": "setup"}, {"start": 3, "end": 4, "type": "verification"}])
+        return "I cannot do this."  # trace C: never usable
+
+    eng = ScriptedEngine(script)
+    res = llm_chunk_many([("p", steps_a), ("p", steps_b), ("p", steps_c)], eng, LLMChunkConfig(max_retries=2))
+    (ta, fa), (tb, fb), (tc, fc) = res
+    _assert_partition(ta, 6)
+    assert [(t["start"], t["end"]) for t in ta] == [(1, 3), (4, 6)]
+    assert "llm_repaired" in fa and "llm_overlap_clipped" in fa and "llm_gap_merged" in fa and "llm_retries=1" in fa
+    assert [(t["start"], t["end"], t["category"]) for t in tb] == [(1, 2, "understanding"), (3, 4, "verification")]
+    assert fb == []
+    _assert_partition(tc, 3)
+    assert fc == ["llm_fallback"]
+    # round 1: all three traces in one call; later rounds: only unresolved ones; 3 calls in all
+    assert [len(c) for c in eng.calls] == [3, 2, 1]
+    assert len({c[0].params.seed for c in eng.calls}) == 3
+
+
+def test_llm_chunker_rejects_answers_covering_too_little():
+    steps = [f"s{i}" for i in range(10)]
+    eng = ScriptedEngine(lambda r, k: '[{"start": 1, "end": 2, "type": "a"}]')
+    (th, flags), = llm_chunk_many([("p", steps)], eng, LLMChunkConfig(max_retries=1))
+    assert flags == ["llm_fallback"] and len(eng.calls) == 2
+    _assert_partition(th, 10)
+
+
+def test_llm_chunker_with_real_tiny_model(tiny_engine):
+    rec = generate(1, seed=5)[0]
+    cfg = ChunkConfig(method="llm", llm=LLMChunkConfig(max_retries=0, max_new_tokens=24))
+    out = chunk_records([rec], cfg, engine=tiny_engine)[0]
+    _assert_partition(out["thoughts"], len(out["steps"]))
+    # a random model cannot write the JSON: the trace must come back chunked by the fallback
+    assert out["chunk_method"] == "llm" and "llm_fallback" in out["flags"]
+
+
+def test_gold_method_and_chunk_wrapper():
+    rec = generate(1, seed=2)[0]
+    out = chunk_records([rec], ChunkConfig(method="gold"))[0]
+    assert [(t["start"], t["end"]) for t in out["thoughts"]] == [(g["start"], g["end"]) for g in rec["gold_thoughts"]]
+    with pytest.raises(ValueError, match="gold_thoughts"):
+        chunk_records([{k: v for k, v in rec.items() if k != "gold_thoughts"}], ChunkConfig(method="gold"))
+    th = chunk(rec["response"])
+    _assert_partition(th, len(out["steps"]))

@@ -1,0 +1,144 @@
+"""Cold-start SFT on the tiny random model: loss mask, a 2-step run, resume rules, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from longshort.dialogue.protocol import render_input
+from longshort.errors import InputError, LongshortError
+from longshort.models import load_model, resolve_model_path
+from longshort.training.sft import SFTRunConfig, load_sft_records, make_trainer, run_sft
+
+
+def _records(role="long", n=4):
+    recs = []
+    for i in range(n):
+        q = f"What is {i} + {i}?"
+        earlier = [] if i % 2 == 0 else ["<think>\nadd them\n</think>", "<answer>carry on</rethink>"]
+        messages, prefix = render_input(role, q, earlier)
+        body = f"<think>\n{i} plus {i} is {2 * i}.\n</think>" if role == "long" else f"<answer>\\boxed{{{2 * i}}}</answer>"
+        recs.append({"id": f"{role}-{i}", "role": role, "problem": q, "answer": str(2 * i), "prompt": messages,
+                     "assistant_prefix": prefix, "completion": body})
+    return recs
+
+
+def _write(path: Path, recs) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+def _config(tmp_path, data, **kw) -> SFTRunConfig:
+    base = dict(role="long", data=str(data), model="tiny-random", out=str(tmp_path / "out"), max_steps=2,
+                batch_size=2, report_to="none", save_steps=1, logging_steps=1, max_length=512)
+    return SFTRunConfig(**(base | kw))
+
+
+def test_loss_mask_covers_exactly_the_completion(tmp_path):
+    recs = _records()
+    cfg = _config(tmp_path, _write(tmp_path / "long.jsonl", recs))
+    trainer = make_trainer(cfg)
+    tok = trainer.processing_class
+    assert len(trainer.train_dataset) == len(recs)
+    by_prompt = {}
+    for rec in recs:
+        prompt = tok.apply_chat_template(rec["prompt"], add_generation_prompt=True, tokenize=False) \
+            + rec["assistant_prefix"]
+        by_prompt[tuple(tok(prompt, add_special_tokens=False)["input_ids"])] = rec
+    for ex in trainer.train_dataset:
+        labels, ids = ex["labels"], ex["input_ids"]
+        learned = [i for i, lab in enumerate(labels) if lab != -100]
+        # one contiguous block at the very end ...
+        assert learned == list(range(learned[0], len(ids)))
+        rec = by_prompt[tuple(ids[:learned[0]])]  # everything before the block is exactly the prompt
+        # ... holding exactly the turn's tokens and EOS, with labels equal to the inputs there
+        expected = tok(rec["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        assert [ids[i] for i in learned] == expected
+        assert [labels[i] for i in learned] == expected
+        assert tok.decode([ids[i] for i in learned[:-1]]) == rec["completion"]
+
+
+def test_two_steps_save_a_loadable_model_and_resume_rules(tmp_path):
+    data = _write(tmp_path / "long.jsonl", _records())
+    cfg = _config(tmp_path, data)
+    out = Path(run_sft(cfg))
+    for name in ("config.json", "model.safetensors", "longshort_run.json", "metrics.json"):
+        assert (out / name).exists(), name
+    assert (out / "checkpoints" / "checkpoint-2").is_dir()
+    model, tok = load_model(str(out), device="cpu")
+    base, _ = load_model("tiny-random", device="cpu")
+    changed = [n for n, p in model.named_parameters()
+               if not torch.equal(p, dict(base.named_parameters())[n])]
+    assert changed, "two SFT steps should change some weights"
+    assert tok.eos_token_id is not None and tok.chat_template
+    assert json.loads((out / "metrics.json").read_text())["log_history"][-1]["step"] == 2
+    # A finished output is neither overwritten nor retrained by accident.
+    with pytest.raises(LongshortError, match="--resume"):
+        run_sft(cfg)
+    before = (out / "model.safetensors").stat().st_mtime_ns
+    assert run_sft(cfg.model_copy(update={"resume": True})) == str(out)
+    assert (out / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path):
+    data = _write(tmp_path / "long.jsonl", _records())
+    cfg = _config(tmp_path, data, max_steps=1)
+    out = Path(run_sft(cfg))
+    # Simulate an interrupted longer run: drop the final model, keep checkpoint-1.
+    (out / "longshort_run.json").unlink()
+    with pytest.raises(LongshortError, match="checkpoint-1"):
+        run_sft(cfg.model_copy(update={"max_steps": 2}))
+    run_sft(cfg.model_copy(update={"max_steps": 2, "resume": True}))
+    run = json.loads((out / "longshort_run.json").read_text())
+    assert run["metrics"]["resumed_from"].endswith("checkpoint-1")
+    history = json.loads((out / "metrics.json").read_text())["log_history"]
+    assert [h["step"] for h in history if "loss" in h] == [1, 2]  # step 1 from the checkpoint, then step 2
+
+
+def test_empty_dataset_is_a_clear_error(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(InputError, match="empty.jsonl.*no training examples"):
+        run_sft(_config(tmp_path, empty))
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrong_role_and_bad_record_are_clear_errors(tmp_path):
+    data = _write(tmp_path / "short.jsonl", _records(role="short"))
+    with pytest.raises(InputError, match="no examples of role 'long'"):
+        load_sft_records(str(data), "long")
+    bad = _records()
+    bad[1]["prompt"] = "not messages"
+    with pytest.raises(InputError, match=r"bad.jsonl:2: field 'prompt'"):
+        load_sft_records(str(_write(tmp_path / "bad.jsonl", bad)), "long")
+    assert len(load_sft_records(str(tmp_path / "bad.jsonl"), "long", skip_bad=True)) == 3
+
+
+def test_model_dir_without_tokenizer_is_a_clear_error(tmp_path):
+    src = Path(resolve_model_path("tiny-random"))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in src.iterdir():
+        if f.name in ("config.json", "model.safetensors", "generation_config.json"):
+            shutil.copy(f, bare / f.name)
+    data = _write(tmp_path / "long.jsonl", _records())
+    with pytest.raises(LongshortError, match="no tokenizer"):
+        run_sft(_config(tmp_path, data, model=str(bare)))
+
+
+def test_cli_reports_errors_on_one_line(tmp_path, capsys):
+    from longshort.cli import main
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    code = main(["sft", "--role", "long", "--data", str(empty), "--model", "tiny-random",
+                 "--out", str(tmp_path / "o"), "--report-to", "none"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith("error:") and "no training examples" in err[0]
+    code = main(["sft", "--role", "middle", "--data", str(empty), "--model", "tiny-random",
+                 "--out", str(tmp_path / "o")])
+    assert code == 1 and "--role" in capsys.readouterr().err
