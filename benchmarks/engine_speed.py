@@ -3,14 +3,19 @@
 Same model (the embedded SmolLM2-135M by default), same prompts, same greedy settings, one batch,
 in one process. Prints generated tokens/s for both and their ratio.
 
-    .venv/bin/python benchmarks/engine_speed.py                      # GPU: 256 x 256; CPU: 16 x 48
+    .venv/bin/python benchmarks/engine_speed.py                      # GPU: 256 x 256; CPU: 8 x 32
     .venv/bin/python benchmarks/engine_speed.py --batch 256 --new-tokens 256
+    .venv/bin/python benchmarks/engine_speed.py --prefix-reuse      # also: n samples, KV reuse vs re-encode
 
 On CUDA the engine's fast path (static KV cache + torch.compile'd decode step) is on; both sides
 get one untimed warm-up run of the identical workload first (compilation, CUDA graphs, allocator),
 so the timed runs compare steady-state speed. Generated tokens are counted up to and including
 EOS for both (plain generate keeps decoding padding for rows that finished; that waste is part
 of what is measured).
+
+`--prefix-reuse` adds a second table: Monte Carlo style rollouts (a long shared reasoning prefix,
+n samples each) with the engine encoding each prefix once and expanding its KV cache
+(`reuse_prefix=True`) vs re-encoding it per sample (`reuse_prefix=False`).
 """
 
 from __future__ import annotations
@@ -70,16 +75,31 @@ def run_engine(engine: HFEngine, chats, new_tokens: int) -> tuple[float, int]:
     return dt, sum(c.num_tokens for r in res for c in r.completions)
 
 
+def run_rollouts(engine: HFEngine, reuse: bool, problems: int, n: int, new_tokens: int) -> tuple[float, int]:
+    engine.config.reuse_prefix = reuse
+    prefix = "<think>\n" + "\n\n".join(
+        f"Step {k}: we rewrite the expression and check the arithmetic once more, carefully." for k in range(24))
+    reqs = [GenerationRequest(messages=c, assistant_prefix=prefix, params=SamplingParams(
+        temperature=0.8, max_new_tokens=new_tokens, n=n, seed=i)) for i, c in enumerate(prompts(problems))]
+    sync()
+    t0 = time.perf_counter()
+    res = engine.generate(reqs)
+    sync()
+    return time.perf_counter() - t0, sum(c.num_tokens for r in res for c in r.completions)
+
+
 def main() -> None:
     cuda = torch.cuda.is_available()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m", help="model spec (default: the embedded SmolLM2-135M)")
-    ap.add_argument("--batch", type=int, default=256 if cuda else 16, help="prompts in the batch")
-    ap.add_argument("--new-tokens", type=int, default=256 if cuda else 48, help="max new tokens per prompt")
+    ap.add_argument("--batch", type=int, default=256 if cuda else 8, help="prompts in the batch")
+    ap.add_argument("--new-tokens", type=int, default=256 if cuda else 32, help="max new tokens per prompt")
     ap.add_argument("--fast-path", choices=["auto", "on", "off"], default="auto",
                     help="engine fast path (static cache + torch.compile); auto = on with CUDA")
     ap.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=cuda,
                     help="one untimed run of each side first (default: on with CUDA)")
+    ap.add_argument("--prefix-reuse", action="store_true", help="also time n-sample rollouts: KV reuse vs re-encode")
+    ap.add_argument("--samples", type=int, default=8, help="n per problem for --prefix-reuse")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args()
     if args.threads:
@@ -109,6 +129,19 @@ def main() -> None:
     print(f"{'model.generate()':24}{p_dt:>10.2f}{p_tok:>12d}{p_tps:>10.1f}")
     print(f"{'longshort HFEngine':24}{e_dt:>10.2f}{e_tok:>12d}{e_tps:>10.1f}")
     print(f"ratio engine/plain: {e_tps / p_tps:.2f}x tok/s")
+    if args.prefix_reuse:
+        problems = max(1, args.batch // args.samples)
+        new = max(4, args.new_tokens // 4)
+        print(f"\nrollouts: {problems} problems x n={args.samples}, ~470-token shared prefix, {new} new tokens")
+        if args.warmup:
+            run_rollouts(engine, True, problems, args.samples, new)
+            run_rollouts(engine, False, problems, args.samples, new)
+        r_dt, r_tok = run_rollouts(engine, True, problems, args.samples, new)
+        n_dt, n_tok = run_rollouts(engine, False, problems, args.samples, new)
+        print(f"{'':24}{'seconds':>10}{'gen tokens':>12}{'tok/s':>10}")
+        print(f"{'re-encode per sample':24}{n_dt:>10.2f}{n_tok:>12d}{n_tok / n_dt:>10.1f}")
+        print(f"{'encode once, reuse KV':24}{r_dt:>10.2f}{r_tok:>12d}{r_tok / r_dt:>10.1f}")
+        print(f"ratio reuse/re-encode: {(r_tok / r_dt) / (n_tok / n_dt):.2f}x tok/s")
 
 
 if __name__ == "__main__":

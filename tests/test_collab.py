@@ -299,7 +299,7 @@ def test_smollm2_pair_end_to_end_on_gsm8k(shared_dir: Path):
 
     probs = read_jsonl(shared_dir / "benchmarks" / "gsm8k_test.jsonl")[:2]
     eng = make_engine("smollm2-135m")
-    cfg = CollabConfig(max_turns=2, max_new_tokens_long=48, max_new_tokens_short=32, temperature=0.0)
+    cfg = CollabConfig(max_turns=2, max_new_tokens_long=32, max_new_tokens_short=16, temperature=0.0)
     recs = solve_problems(probs, long_engine=eng, short_engine=eng, config=cfg)
     assert [r["id"] for r in recs] == [p["id"] for p in probs]
     for rec in recs:

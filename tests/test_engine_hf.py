@@ -201,3 +201,40 @@ def test_bad_requests_and_engine_names_are_clear_errors(engine):
         make_engine("tiny-random", "openai")
     with pytest.raises(LongshortError, match="unknown model spec"):
         make_engine("no-such-model")
+
+
+def test_from_model_with_a_training_peft_policy(engine):
+    """RL generates with the policy being trained: a LoRA-wrapped model in train mode. Fresh LoRA
+    weights are a no-op, so samples equal the base model's; train mode is restored afterwards."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    policy = get_peft_model(copy.deepcopy(engine.model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    policy.train()
+    reqs = [chat(q, temperature=1.0, max_new_tokens=6, n=2, seed=9, logprobs=True) for q in QUESTIONS[:2]]
+    got = HFEngine.from_model(policy, engine.tokenizer).generate(reqs)
+    assert policy.training
+    want = engine.generate(reqs)
+    for a, b in zip(got, want, strict=True):
+        assert [c.token_ids for c in a.completions] == [c.token_ids for c in b.completions]
+        assert a.completions[0].logprobs == pytest.approx(b.completions[0].logprobs, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_smollm2_engine_answers_stops_at_eos_and_at_stop_strings():
+    eng = make_engine("smollm2-135m", device="cpu")
+    req = chat("What is 2+3? Reply with just the number.", temperature=0, max_new_tokens=24)
+    c = eng.generate([req])[0].completions[0]
+    assert c.finish_reason == "stop" and c.stop is None and c.num_tokens < 24
+    assert c.text.strip() and "5" in c.text and "<|im_end|>" not in c.text
+    assert c.token_ids == hf_greedy(eng, req, 24)[:c.num_tokens]  # same tokens as model.generate up to EOS
+    cut = eng.generate([chat("What is 2+3? Reply with just the number.", temperature=0, max_new_tokens=24,
+                             stop=["5"])])[0].completions[0]
+    assert (cut.finish_reason, cut.stop) == ("stop", "5") and cut.text == c.text[:c.text.index("5")]
+
+
+def test_prompt_longer_than_the_context_is_a_clear_error(engine):
+    context = engine.model.config.max_position_embeddings
+    with pytest.raises(LongshortError, match=f"model's context is {context} tokens"):
+        engine.generate([GenerationRequest(prompt="7 " * context, params=SamplingParams(max_new_tokens=2))])

@@ -238,6 +238,16 @@ def test_unreachable_server_is_a_clear_error_naming_the_url():
     assert time.perf_counter() - t0 < 5
 
 
+def test_count_tokens_without_tokenizer_or_tokenize_endpoint_is_a_clear_error(server):
+    _, url = server
+    with pytest.raises(LongshortError, match="tokenizer=<model spec>"):
+        OpenAIEngine("m", base_url=url).count_tokens("abc")
+    local = OpenAIEngine("m", base_url=url, tokenizer="tiny-random-bytes")
+    assert local.count_tokens("abc") == 3
+    assert local.render(GenerationRequest(messages=[{"role": "user", "content": "q"}], assistant_prefix="a")) == \
+        "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\na"
+
+
 def test_base_url_normalisation_and_bad_urls():
     assert normalize_base_url("http://h:8000") == "http://h:8000/v1"
     assert normalize_base_url("http://h:8000/v1/") == "http://h:8000/v1"
@@ -268,6 +278,8 @@ def test_against_our_own_server_matches_the_local_engine():
     expected = local.generate(reqs)
     with serve(app) as url:
         remote = OpenAIEngine("long", base_url=url, tokenizer="tiny-random").generate(reqs)
+        text = "Let me count: 1, 2, 3 </think>"
+        assert OpenAIEngine("long", base_url=url).count_tokens(text) == local.count_tokens(text)  # via /tokenize
     for exp, got in zip(expected, remote, strict=True):
         assert got.prompt_tokens == exp.prompt_tokens
         for e, g in zip(exp.completions, got.completions, strict=True):

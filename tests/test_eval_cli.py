@@ -11,6 +11,7 @@ from longshort.cli import main
 from longshort.harness import EvalConfig, grade_record, run_eval
 
 TINY = ["--long", "tiny-random", "--short", "tiny-random", "--max-new-tokens", "8", "--no-progress"]
+FEW_TURNS = ["--max-turns", "2"]
 
 
 def cli(*args: str) -> int:
@@ -32,7 +33,7 @@ def _snapshot(d: Path) -> dict[str, bytes]:
 def base_run(tmp_path_factory, shared_dir) -> Path:
     out = tmp_path_factory.mktemp("runs") / "collab"
     rc = cli("eval", "--benchmark", "gsm8k", "--mode", "collab", "--samples", "2", "--limit", "3",
-             "--out", out, "--data-dir", shared_dir / "benchmarks", *TINY)
+             "--out", out, "--data-dir", shared_dir / "benchmarks", *FEW_TURNS, *TINY)
     assert rc == 0
     return out
 
@@ -63,7 +64,7 @@ def test_resume_skips_done_ids_and_keeps_them(base_run, tmp_path, shared_dir):
     kept = "".join(lines[:4])
     (out / "predictions.jsonl").write_text(kept + lines[4][:25], encoding="utf-8")  # torn last line
     rc = cli("eval", "--benchmark", "gsm8k", "--samples", "2", "--limit", "3", "--out", out,
-             "--data-dir", shared_dir / "benchmarks", *TINY)
+             "--data-dir", shared_dir / "benchmarks", *FEW_TURNS, *TINY)
     assert rc == 0
     text = (out / "predictions.jsonl").read_text(encoding="utf-8")
     assert text.startswith(kept)
@@ -76,14 +77,14 @@ def test_resume_skips_done_ids_and_keeps_them(base_run, tmp_path, shared_dir):
     # a finished run reruns without generating anything
     before = (out / "predictions.jsonl").read_bytes()
     assert cli("eval", "--benchmark", "gsm8k", "--samples", "2", "--limit", "3", "--out", out,
-               "--data-dir", shared_dir / "benchmarks", *TINY) == 0
+               "--data-dir", shared_dir / "benchmarks", *FEW_TURNS, *TINY) == 0
     assert (out / "predictions.jsonl").read_bytes() == before
 
 
 def test_resume_into_a_different_run_is_refused(base_run, shared_dir, capsys):
     before = _snapshot(base_run)
     rc = cli("eval", "--benchmark", "aime24", "--samples", "2", "--limit", "3", "--out", base_run,
-             "--data-dir", shared_dir / "benchmarks", *TINY)
+             "--data-dir", shared_dir / "benchmarks", *FEW_TURNS, *TINY)
     assert rc == 1
     assert "different run" in capsys.readouterr().err
     assert _snapshot(base_run) == before
@@ -92,7 +93,8 @@ def test_resume_into_a_different_run_is_refused(base_run, shared_dir, capsys):
 def test_baseline_gives_aes_and_compare_plots(base_run, tmp_path, shared_dir, capsys):
     out = tmp_path / "long"
     rc = cli("eval", "--benchmark", "gsm8k", "--mode", "long", "--samples", "2", "--limit", "3",
-             "--out", out, "--data-dir", shared_dir / "benchmarks", "--baseline", base_run, *TINY)
+             "--out", out, "--data-dir", shared_dir / "benchmarks", "--baseline", base_run, "--max-turns", "1",
+             *TINY)
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["mode"] == "long" and m["tokens"]["short"] == 0
@@ -111,7 +113,7 @@ def test_baseline_gives_aes_and_compare_plots(base_run, tmp_path, shared_dir, ca
 def test_short_mode(tmp_path, shared_dir):
     out = tmp_path / "short"
     assert cli("eval", "--benchmark", "gsm8k", "--mode", "short", "--limit", "2", "--out", out,
-               "--data-dir", shared_dir / "benchmarks", *TINY) == 0
+               "--data-dir", shared_dir / "benchmarks", "--max-turns", "1", *TINY) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["mode"] == "short" and m["tokens"]["long"] == 0 and m["tokens"]["short"] > 0
 
@@ -187,11 +189,17 @@ def test_run_eval_library_call_with_prebuilt_engine(tmp_path, shared_dir):
 def test_eval_with_embedded_pair_on_gsm8k(tmp_path, shared_dir):
     out = tmp_path / "smollm"
     rc = cli("eval", "--benchmark", "gsm8k", "--mode", "collab", "--limit", "2", "--out", out,
-             "--data-dir", shared_dir / "benchmarks", "--max-new-tokens", "96", "--max-turns", "2",
+             "--data-dir", shared_dir / "benchmarks", "--max-new-tokens", "48", "--max-turns", "1",
              "--temperature", "0", "--no-progress")
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     preds = _lines(out / "predictions.jsonl")
     assert m["models"] == {"long": "smollm2-135m", "short": "smollm2-135m"} and len(preds) == 2
     assert all(p["turns"] and p["turns"][0]["role"] == "long" for p in preds)
-    assert 0 < m["tokens"]["total"] <= 2 * (96 + 96)
+    assert 0 < m["tokens"]["total"] <= 48 + 48
+
+
+@pytest.mark.parametrize("command", ["eval", "compare", "grade"])
+def test_help_renders(command, capsys):
+    assert cli(command, "--help") == 0
+    assert "Usage" in capsys.readouterr().out

@@ -95,7 +95,7 @@ def test_fresh_cache_builds_deterministically_and_atomically(tmp_path, monkeypat
     for t in threads:
         t.join()
     assert not errors and len(set(paths)) == 1
-    entries = sorted(p.name for p in (tmp_path / "race" / "models").iterdir())
+    entries = sorted(p.name for p in (tmp_path / "race" / "models").iterdir() if not p.name.endswith(".lock"))
     assert entries == [Path(paths[0]).name]
     assert (Path(paths[0]) / "model.safetensors").exists()
 
@@ -107,7 +107,18 @@ def test_failed_build_leaves_nothing(tmp_path):
 
     with pytest.raises(RuntimeError, match="disk full"):
         models._materialise(tmp_path / "m", broken)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".m.lock"]  # no half-built copy, no temp dir
+
+
+def test_stale_temp_dirs_are_cleaned_and_fresh_ones_kept(tmp_path):
+    import os
+
+    stale, fresh = tmp_path / ".m.tmpold", tmp_path / ".m.tmpnew"
+    stale.mkdir()
+    fresh.mkdir()
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    models._materialise(tmp_path / "m", lambda out: (out / "config.json").write_text("{}"))
+    assert not stale.exists() and fresh.exists() and (tmp_path / "m" / "config.json").exists()
 
 
 def test_cache_dir_honours_env(monkeypatch, tmp_path):
@@ -154,3 +165,5 @@ def test_embedded_smollm2_answers_and_reloads_fast():
         out = model.generate(**ids, max_new_tokens=16, do_sample=False)
     answer = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
     assert answer and "5" in answer
+    # the embedded GGUF given as a file spec maps to the same cached copy
+    assert models.resolve_model_path(str(models.embedded_gguf_path())) == models.resolve_model_path("smollm2-135m")

@@ -224,6 +224,20 @@ def test_text_completions_and_streaming_single(base):
     assert events[-1] == "[DONE]" and events[-2]["usage"]["completion_tokens"] <= 5
     assert httpx.post(f"{base}/v1/completions", json={"model": "longshort", "prompt": "x"},
                       timeout=10).status_code == 400
+    lp = httpx.post(f"{base}/v1/completions", json={"model": "long", "prompt": "1 + 1 =", "max_tokens": 3,
+                                                     "temperature": 0, "logprobs": 1}, timeout=60).json()
+    choice = lp["choices"][0]
+    assert len(choice["logprobs"]["token_logprobs"]) == lp["usage"]["completion_tokens"]
+    assert all(x <= 0 for x in choice["logprobs"]["token_logprobs"])
+
+
+def test_tokenize_counts_like_the_engine(base, engine):
+    text = "Long and short models <think> take turns </think>"
+    r = httpx.post(f"{base}/tokenize", json={"model": "short", "prompt": text, "add_special_tokens": False},
+                   timeout=10)
+    assert r.status_code == 200 and r.json()["count"] == engine.count_tokens(text)
+    assert httpx.post(f"{base}/tokenize", json={"model": "longshort", "prompt": text},
+                      timeout=10).status_code == 400
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,7 +24,7 @@ from longshort.thoughts.chunking import (
 )
 from longshort.thoughts.ingest import load_traces
 from longshort.thoughts.quality import boundary_prf
-from longshort.thoughts.synthetic import generate
+from longshort.thoughts.synthetic import SynthConfig, generate
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +169,8 @@ def test_llm_chunker_rejects_answers_covering_too_little():
 
 
 def test_llm_chunker_with_real_tiny_model(tiny_engine):
-    rec = generate(1, seed=5)[0]
-    cfg = ChunkConfig(method="llm", llm=LLMChunkConfig(max_retries=0, max_new_tokens=24))
+    rec = generate(1, seed=5, config=SynthConfig(num_ops=1, redundancy=0, vary_ops=False))[0]
+    cfg = ChunkConfig(method="llm", llm=LLMChunkConfig(max_retries=0, max_new_tokens=16))
     out = chunk_records([rec], cfg, engine=tiny_engine)[0]
     _assert_partition(out["thoughts"], len(out["steps"]))
     # a random model cannot write the JSON: the trace must come back chunked by the fallback
@@ -185,3 +185,18 @@ def test_gold_method_and_chunk_wrapper():
         chunk_records([{k: v for k, v in rec.items() if k != "gold_thoughts"}], ChunkConfig(method="gold"))
     th = chunk(rec["response"])
     _assert_partition(th, len(out["steps"]))
+
+
+def test_llm_chunker_shortens_or_skips_prompts_that_do_not_fit():
+    steps = [("word " * 80).strip() + f" {i}" for i in range(30)]
+    eng = ScriptedEngine(lambda r, k: json.dumps([{"start": 1, "end": 30, "type": "computation"}]))
+    cfg = LLMChunkConfig(max_new_tokens=16)
+    eng.max_context = 1400  # too small for 300 characters per step, enough for 30
+    (th, flags), = llm_chunk_many([("p", steps)], eng, cfg)
+    assert flags == [] and th[0]["end"] == 30
+    prompt = eng.calls[0][0].messages[0]["content"]
+    assert eng.count_tokens(prompt) + 48 <= 1400 and "..." in prompt
+    eng.max_context = 100  # nothing fits: no request at all, heuristic fallback
+    (th, flags), = llm_chunk_many([("p", steps)], eng, cfg)
+    assert flags == ["llm_prompt_too_long", "llm_fallback"] and len(eng.calls) == 1
+    _assert_partition(th, 30)

@@ -20,7 +20,7 @@ from longshort.thoughts.importance import (
     score_record,
     validate_scoring_input,
 )
-from longshort.thoughts.synthetic import generate
+from longshort.thoughts.synthetic import SynthConfig, generate
 
 
 class ScriptedEngine(Engine):
@@ -163,12 +163,13 @@ def tiny_engine():
 
 
 def test_importance_on_real_tiny_model(tiny_engine):
-    rec = chunk_records(generate(1, seed=3, id_prefix="t-"), ChunkConfig(method="gold"))[0]
-    cfg = ImportanceConfig(rollouts=3, max_new_tokens=6, seed=7)
+    small = SynthConfig(num_ops=1, redundancy=1, vary_ops=False)
+    rec = chunk_records(generate(1, seed=3, config=small, id_prefix="t-"), ChunkConfig(method="gold"))[0]
+    cfg = ImportanceConfig(rollouts=3, max_new_tokens=4, seed=7)
     out = score_record(rec, tiny_engine, cfg)
     n = len(rec["thoughts"])
     imp = out["importance"]
-    assert imp["num_rollouts"] == (n + 1) * 3 and 0 < imp["generated_tokens"] <= (n + 1) * 3 * 6
+    assert imp["num_rollouts"] == (n + 1) * 3 and 0 < imp["generated_tokens"] <= (n + 1) * 3 * 4
     for t in out["thoughts"]:
         assert t["acc"] * 3 == pytest.approx(round(t["acc"] * 3))
         assert -1.0 <= t["score"] <= 1.0 and 0 < t["d"] <= 1.0
@@ -180,3 +181,16 @@ def test_importance_on_real_tiny_model(tiny_engine):
     again = score_record(rec, tiny_engine, cfg)
     assert [t["acc"] for t in again["thoughts"]] == [t["acc"] for t in out["thoughts"]]
     assert again["importance"]["generated_tokens"] == imp["generated_tokens"]
+
+
+@pytest.mark.slow
+def test_importance_on_embedded_smollm2():
+    from longshort.engines.hf import HFEngine
+
+    eng = HFEngine("smollm2-135m")
+    small = SynthConfig(num_ops=1, redundancy=1, vary_ops=False)
+    rec = chunk_records(generate(1, seed=9, config=small), ChunkConfig(method="gold"))[0]
+    out = score_record(rec, eng, ImportanceConfig(rollouts=2, max_new_tokens=24))
+    assert out["importance"]["num_rollouts"] == 2 * (len(rec["thoughts"]) + 1)
+    assert out["thoughts"][-1]["acc"] == 1.0  # the boxed conclusion is in the prefix
+    assert all(t["score"] is not None and abs(t["score"]) <= 1 for t in out["thoughts"])

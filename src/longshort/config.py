@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
@@ -114,6 +114,16 @@ class EvalStageConfig(_Strict):
         return self
 
 
+class LaunchConfig(_Strict):
+    """How the training stages run: in this process (CPU, one GPU) or under `accelerate launch`."""
+
+    accelerate_config: Path | None = Field(None, description="accelerate config (e.g. configs/accelerate/"
+                                           "zero3.yaml): SFT and RL then run as `accelerate launch ... -m "
+                                           "longshort.cli sft|rl`; None = in-process, enough for one device")
+    num_processes: int | None = Field(None, ge=1, description="processes (GPUs) for accelerate launch; "
+                                      "None = what the accelerate config says")
+
+
 class ReportConfig(_Strict):
     """What the report shows."""
 
@@ -165,6 +175,7 @@ class PipelineConfig(_Strict):
     name: str = Field("run", description="run name; the default output directory is runs/<name>")
     seed: int = Field(0, description="global seed (Python, NumPy, torch) and the base of every stage's seed")
     models: ModelsConfig = Field(default_factory=ModelsConfig, description="which models")
+    launch: LaunchConfig = Field(default_factory=LaunchConfig, description="how training stages are launched")
     data: DataConfig = Field(default_factory=DataConfig, description="training traces and evaluation sets")
     chunk: ChunkConfig = Field(default_factory=ChunkConfig, description="splitting traces into thoughts")
     score: ImportanceConfig = Field(default_factory=ImportanceConfig, description="Monte Carlo importance")
@@ -202,6 +213,10 @@ def load_config(path: str | os.PathLike) -> PipelineConfig:
         raw = {}
     if not isinstance(raw, dict):
         raise InputError(f"expected a mapping of sections at the top, got {type(raw).__name__}", path=str(p))
+    unknown = _unknown_key(PipelineConfig, raw, ())
+    if unknown is not None:
+        raise InputError("unknown key (check the spelling; see docs/pipeline.md for the accepted keys)",
+                         path=str(p), line=_line_of(p, unknown), field=".".join(str(x) for x in unknown))
     try:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
@@ -215,6 +230,35 @@ def load_config(path: str | os.PathLike) -> PipelineConfig:
                          field=loc or None) from None
     _check_paths(config, p)
     return config
+
+
+def _model_classes(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models inside an annotation (X, X | None, list[X], dict[str, X])."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [c for arg in get_args(annotation) for c in _model_classes(arg)]
+
+
+def _unknown_key(cls: type[BaseModel], data: Any, loc: tuple) -> tuple | None:
+    """The location of the first key that `cls` does not define, recursing into nested models.
+    The stage configs of other areas may ignore extra keys; a recipe must not (typos would be
+    silently dropped), so this check covers every level."""
+    if not isinstance(data, dict):
+        return None
+    fields = cls.model_fields
+    names = {f.alias or k: k for k, f in fields.items()} | {k: k for k in fields}
+    for key, value in data.items():
+        if key not in names:
+            return (*loc, key)
+        annotation = fields[names[key]].annotation
+        for sub in _model_classes(annotation):
+            items = value if isinstance(value, list) and get_origin(annotation) is not dict else [value]
+            for i, item in enumerate(items):
+                where = (*loc, key, i) if isinstance(value, list) else (*loc, key)
+                found = _unknown_key(sub, item, where)
+                if found is not None:
+                    return found
+    return None
 
 
 def _line_of(path: Path, loc: tuple) -> int | None:
@@ -246,8 +290,8 @@ def _looks_local(spec: str) -> bool:
 
 def _check_paths(config: PipelineConfig, path: Path) -> None:
     def missing(field: str, value: str | os.PathLike, what: str) -> InputError:
-        return InputError(f"{what} not found: {value}", path=str(path), line=_line_of(path, tuple(field.split("."))),
-                          field=field)
+        loc = tuple(int(x) if x.isdigit() else x for x in field.split("."))
+        return InputError(f"{what} not found: {value}", path=str(path), line=_line_of(path, loc), field=field)
 
     d = config.data
     if d.source == "file" and d.traces is not None and not Path(d.traces).expanduser().is_file():
@@ -257,6 +301,9 @@ def _check_paths(config: PipelineConfig, path: Path) -> None:
     for i, ev in enumerate(d.eval):
         if ev.name.endswith((".jsonl", ".jsonl.gz", ".json")) and not Path(ev.name).expanduser().is_file():
             raise missing(f"data.eval.{i}.name", ev.name, "evaluation file")
+    acc = config.launch.accelerate_config
+    if acc is not None and not Path(acc).expanduser().is_file():
+        raise missing("launch.accelerate_config", acc, "accelerate config")
     for field in ("base", "scorer"):
         spec = getattr(config.models, field)
         if spec and _looks_local(spec) and not Path(spec).expanduser().exists():

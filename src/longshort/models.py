@@ -74,27 +74,67 @@ def cache_dir() -> Path:
     return root.expanduser()
 
 
+def _ready(final: Path) -> bool:
+    return (final / "config.json").exists() or (final / "tokenizer_config.json").exists()
+
+
 def _materialise(final: Path, build: Callable[[Path], None]) -> Path:
     """Return `final`, building it first if missing: `build(tmp)` fills a private temp dir that
-    is then renamed into place (atomic on one filesystem). If another process wins the race,
-    its copy is used and ours is discarded."""
-    if (final / "config.json").exists() or (final / "tokenizer_config.json").exists():
+    is then renamed into place (atomic on one filesystem), so no process ever sees half a copy.
+    A lock file makes concurrent processes wait for the first builder instead of repeating the
+    work; if locking is unavailable, a lost rename race just discards the loser's copy."""
+    if _ready(final):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        build(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
+    with _lock(final.parent / f".{final.name}.lock"):
+        if _ready(final):  # built by another process while we waited
+            return final
+        _remove_stale_temps(final)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp", dir=final.parent))
         try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.exists():
-                raise
-            # another process finished first: keep theirs
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            build(tmp)
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not _ready(final):
+                    raise
+                # another process finished first: keep theirs
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+class _lock:
+    """An exclusive advisory lock on a file (no-op where fcntl is missing)."""
+
+    def __init__(self, path: Path):
+        self.path, self.fh = path, None
+
+    def __enter__(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return
+        self.fh = open(self.path, "a")  # noqa: SIM115 - held until __exit__
+        fcntl.flock(self.fh, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fh is not None:
+            self.fh.close()  # closing releases the lock
+
+
+def _remove_stale_temps(final: Path, max_age_s: float = 3600) -> None:
+    """Temp dirs left by a builder that was killed (older than an hour; we hold the lock)."""
+    import time
+
+    for p in final.parent.glob(f".{final.name}.tmp*"):
+        try:
+            if time.time() - p.stat().st_mtime > max_age_s:
+                shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            pass
 
 
 # ----------------------------------------------------------------------------- embedded SmolLM2
@@ -254,6 +294,11 @@ def resolve_model_path(spec: str) -> str:
         return str(_BUILTIN_DIRS[spec]())
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
+        try:
+            if path.resolve() == embedded_gguf_path().resolve():
+                return str(_smollm2_dir())  # the embedded file under its own path: same cached copy
+        except LongshortError:
+            pass
         return str(_gguf_dir(path))
     if path.is_dir():
         if (path / "config.json").exists():
@@ -311,7 +356,7 @@ def load_tokenizer(spec: str) -> Any:
     """The tokenizer for `spec`, with a pad token and a chat template."""
     from transformers import AutoTokenizer
 
-    if spec == "tiny-random":  # avoid building the model just to read its tokenizer
+    if spec in ("tiny-random", "smollm2-135m"):  # avoid building a model just to read its tokenizer
         where = str(_smollm2_tokenizer_dir())
     else:
         where = resolve_model_path(spec)

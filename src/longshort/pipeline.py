@@ -145,11 +145,13 @@ def run_pipeline(config_path: str | os.PathLike, out_dir: str | os.PathLike | No
     config = load_config(config_path)
     out = Path(out_dir) if out_dir is not None else Path("runs") / config.name
     console = _console()
-    _prepare_run_dir(out, config, resume)
+    fingerprints = {stage.name: stage_fingerprint(config, stage) for stage in STAGES}
+    _check_run_dir(out, resume, fingerprints)  # before anything is written
+    _prepare_run_dir(out, config)
     _seed_everything(config.seed)
     ctx = RunContext(config, out, resume, console, str(config_path))
     manifest_path = out / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else environment_manifest(config.seed)
+    manifest = _read_json(manifest_path) or environment_manifest(config.seed)
     manifest.setdefault("stages", {})
     if resume:
         manifest.setdefault("resumed", []).append(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -157,22 +159,13 @@ def run_pipeline(config_path: str | os.PathLike, out_dir: str | os.PathLike | No
     t_all = time.time()
     for i, stage in enumerate(STAGES, start=1):
         done_path = out / stage.name / DONE
-        fp = stage_fingerprint(config, stage)
+        fp = fingerprints[stage.name]
         if done_path.exists():
             done = json.loads(done_path.read_text())
-            if done.get("fingerprint") != fp:
-                raise LongshortError(
-                    f"{out}/{stage.name} was finished with a different config (sections "
-                    f"{', '.join(stage.sections)}); use a new --out directory")
             ctx.summaries[stage.name] = done.get("summary", {})
             console.print(f"[{i}/{len(STAGES)}] {stage.name}: done earlier, skipped ({done.get('seconds', 0):.0f} s then)")
             continue
-        started_path = out / stage.name / STARTED
-        if started_path.exists() and json.loads(started_path.read_text()).get("fingerprint") != fp:
-            raise LongshortError(
-                f"{out}/{stage.name} holds partial results made with a different config (sections "
-                f"{', '.join(stage.sections)}); use a new --out directory")
-        write_json_atomic(started_path, {"stage": stage.name, "fingerprint": fp})
+        write_json_atomic(out / stage.name / STARTED, {"stage": stage.name, "fingerprint": fp})
         console.rule(f"[{i}/{len(STAGES)}] {stage.name}: {stage.description}")
         t0 = time.time()
         summary = stage.run(ctx)
@@ -186,23 +179,44 @@ def run_pipeline(config_path: str | os.PathLike, out_dir: str | os.PathLike | No
         console.print(f"  {stage.name} finished in {seconds:.1f} s")
     manifest["total_seconds_this_invocation"] = round(time.time() - t_all, 2)
     write_json_atomic(manifest_path, manifest)
-    if (out / "report.md").exists():
-        console.print(f"report: {out / 'report.md'}")
     return out
 
 
-def _prepare_run_dir(out: Path, config: PipelineConfig, resume: bool) -> None:
+def _check_run_dir(out: Path, resume: bool, fingerprints: dict[str, str]) -> None:
+    """Refuse a run directory that holds another run (without --resume), stages made with a
+    different config, or a finished stage after an unfinished one (its inputs would change)."""
+    if out.exists() and not out.is_dir():
+        raise LongshortError(f"{out} exists and is not a directory")
+    if (out / "config.yaml").exists():
+        if not resume:
+            raise LongshortError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    elif out.exists() and any(out.iterdir()):
+        raise LongshortError(f"{out} exists, is not empty and holds no pipeline run; choose another --out")
+    unfinished = None
+    for stage in STAGES:
+        fp = fingerprints[stage.name]
+        done, started = out / stage.name / DONE, out / stage.name / STARTED
+        if done.exists():
+            if _read_json(done).get("fingerprint") != fp:
+                raise LongshortError(f"{out}/{stage.name} was finished with a different config (sections "
+                                     f"{', '.join(stage.sections)}); use a new --out directory")
+            if unfinished is not None:
+                raise LongshortError(f"{out}/{stage.name} is finished but the earlier stage {unfinished} is not, "
+                                     f"so its inputs would change; remove {stage.name}/ and the later stage "
+                                     "directories, or use a new --out")
+        else:
+            if started.exists() and _read_json(started).get("fingerprint") != fp:
+                raise LongshortError(f"{out}/{stage.name} holds partial results made with a different config "
+                                     f"(sections {', '.join(stage.sections)}); use a new --out directory")
+            unfinished = unfinished or stage.name
+
+
+def _prepare_run_dir(out: Path, config: PipelineConfig) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     resolved = dump_config(config)
     cfg_path = out / "config.yaml"
-    if cfg_path.exists():
-        if not resume:
-            raise LongshortError(f"{out} already holds a run; pass --resume to continue it or choose "
-                                 "another --out")
-    elif out.exists() and any(out.iterdir()) and not resume:
-        raise LongshortError(f"{out} exists and is not empty; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
     if cfg_path.exists() and cfg_path.read_text() != resolved:
-        # kept for the record; finished stages check their own sections' fingerprints
+        # a resumed run whose recipe changed only in ways no finished stage depends on: keep the old
         write_text_atomic(out / f"config.{int(time.time())}.previous.yaml", cfg_path.read_text())
     write_text_atomic(cfg_path, resolved)
 
@@ -431,12 +445,35 @@ def stage_sft(ctx: RunContext) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for name, data in jobs:
         ctx.log(f"SFT {name} on {data.name}")
-        out = run_sft(sft_run_config(cfg, role="long" if name == "baseline" else name, data=str(data),
-                                     model=cfg.models.base, out=str(d / name)))
+        run_cfg = sft_run_config(cfg, role="long" if name == "baseline" else name, data=str(data),
+                                 model=cfg.models.base, out=str(d / name))
+        if cfg.launch.accelerate_config is None:
+            out = run_sft(run_cfg)
+        else:
+            out = _launch(ctx, "sft", run_cfg, d / f"{name}.run.json",
+                          ["--role", run_cfg.role, "--data", run_cfg.data, "--model", run_cfg.model,
+                           "--out", run_cfg.out, "--resume"])
         m = _read_json(Path(out) / "metrics.json").get("metrics", {})
         summary[name] = {"model": str(out), "train_loss": m.get("train_loss"), "examples": m.get("examples"),
                          "wall_s": m.get("wall_s")}
     return summary
+
+
+def _launch(ctx: RunContext, command: str, run_cfg: Any, cfg_path: Path, required: list[str]) -> str:
+    """Run `longshort sft|rl` under `accelerate launch` (multi-GPU, DeepSpeed) with the stage's
+    full run config in a JSON file; the required options repeat what the file says."""
+    write_json_atomic(cfg_path, run_cfg.model_dump(mode="json"))
+    launch = ctx.config.launch
+    argv = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(launch.accelerate_config)]
+    if launch.num_processes:
+        argv += ["--num_processes", str(launch.num_processes)]
+    argv += ["-m", "longshort.cli", command, "--config", str(cfg_path), *required]
+    ctx.log("launching: " + " ".join(argv))
+    proc = subprocess.run(argv)
+    if proc.returncode != 0:
+        raise LongshortError(f"`{command}` under accelerate launch failed (exit {proc.returncode}); rerun with "
+                             "--resume to continue from its last checkpoint")
+    return run_cfg.out
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -459,7 +496,12 @@ def stage_rl(ctx: RunContext) -> dict[str, Any]:
     sft = ctx.summaries["sft"]
     run_cfg = rl_run_config(cfg, long=sft["long"]["model"], short=sft["short"]["model"], data=str(data),
                             out=str(d / "run"))
-    out = Path(run_rl(run_cfg))
+    if cfg.launch.accelerate_config is None:
+        out = Path(run_rl(run_cfg))
+    else:
+        out = Path(_launch(ctx, "rl", run_cfg, d / "rl.run.json",
+                           ["--long", run_cfg.long, "--short", run_cfg.short, "--data", run_cfg.data,
+                            "--out", run_cfg.out, "--resume"]))
     marker = _read_json(out / "longshort_run.json")
     final = marker.get("final") or {}
     if not final.get("long") or not final.get("short"):
@@ -566,6 +608,14 @@ def headline(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _interval(r: dict[str, Any]) -> dict[str, float | None]:
+    """The 95% interval, made to contain the mean (rounded bounds can fall a hair inside it)."""
+    low, high, acc = r["pass_at_1"].get("low"), r["pass_at_1"].get("high"), r["accuracy"]
+    if low is None or high is None:
+        return {"low": None, "high": None}
+    return {"low": min(low, acc), "high": max(high, acc)}
+
+
 def _plot_importance(by_cat: dict[str, dict[str, Any]], path: Path) -> Path | None:
     if not by_cat:
         return None
@@ -640,8 +690,8 @@ def stage_report(ctx: RunContext) -> dict[str, Any]:
     plots: dict[str, str] = {}
     for label, systems in results.items():
         rows = [{"run": SYSTEM_NAMES.get(name, name), "benchmark": label, "mode": r["mode"],
-                 "accuracy": r["accuracy"], "low": r["pass_at_1"].get("low"), "high": r["pass_at_1"].get("high"),
-                 "tokens": r["tokens"]["total"]} for name, r in systems.items()]
+                 "accuracy": r["accuracy"], "tokens": r["tokens"]["total"], **_interval(r)}
+                for name, r in systems.items()]
         p = plot_accuracy_vs_tokens(rows, rdir / f"accuracy_vs_tokens_{label}.png",
                                     title=f"Accuracy vs generated tokens · {label}")
         plots[f"accuracy_vs_tokens_{label}"] = str(p.relative_to(out))
@@ -722,7 +772,11 @@ def render_report_md(ctx: RunContext, m: dict[str, Any]) -> str:
         lines.append(f"- SFT {name}: {v.get('examples')} examples, train loss {_num(v.get('train_loss'), 4)}, "
                      f"{_num(v.get('wall_s'))} s")
     rl = m["rl"]
-    lines.append(f"- RL: {', '.join(f'{k} {v}' for k, v in rl.items() if k not in ('long', 'short', 'history'))}")
+    lines.append(f"- RL: {rl.get('iterations')} alternating iterations ({' → '.join(rl.get('schedule', []))}), "
+                 "mean reward at the first → last logged step:")
+    for h in rl.get("history", []):
+        lines.append(f"  - iteration {h['iteration']} ({h['role']} trained): {_num(h.get('reward_first'), 3)} → "
+                     f"{_num(h.get('reward_last'), 3)} over {h.get('steps')} logged steps, {_num(h.get('wall_s'))} s")
     examples = _example_dialogues(ctx, cfg.report.example_dialogues)
     if examples:
         lines += ["", "## Example dialogue of the tuned pair", ""]

@@ -151,6 +151,13 @@ class CompletionRequest(_SamplingFields):
     prompt: str | list[str]
 
 
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True
+
+
 # ----------------------------------------------------------------------------- errors
 
 
@@ -575,6 +582,24 @@ def create_app(long_engine: Engine, short_engine: Engine, config: ServeConfig | 
         gen = GenerationRequest(messages=msgs, assistant_prefix=prefix, params=_params(req, role))
         return await _single(req, gen, role, chat=True)
 
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        """vLLM's token counter (the openai engine's `count_tokens` uses it)."""
+        req: TokenizeRequest = await _read(request, TokenizeRequest)
+        role = _target(req.model)
+        if role == "pair":
+            raise APIError(400, f"model {config.model_name!r} is two models with their own tokenizers; "
+                           "tokenize with 'long' or 'short'", param="model")
+        _check_size([req.prompt], "prompt")
+        engine = batcher.engines[role]
+        if req.add_special_tokens and getattr(engine, "tokenizer", None) is not None:
+            ids = list(engine.tokenizer(req.prompt, add_special_tokens=True)["input_ids"])
+            return {"count": len(ids), "tokens": ids}
+        if hasattr(engine, "encode"):
+            ids = engine.encode(req.prompt)
+            return {"count": len(ids), "tokens": ids}
+        return {"count": engine.count_tokens(req.prompt)}
+
     @app.post("/v1/completions")
     async def completions(request: Request):
         req: CompletionRequest = await _read(request, CompletionRequest)
@@ -600,22 +625,24 @@ def create_app(long_engine: Engine, short_engine: Engine, config: ServeConfig | 
         result, _bsz = await batcher.submit(role, key, gen)
         return _single_response(rid, model, result, role, chat)
 
-    def _logprobs(result: GenerationResult, comp, role: str) -> dict[str, Any] | None:
+    def _logprobs(comp, role: str, chat: bool) -> dict[str, Any] | None:
+        """Per-token logprobs in the chat (`content`) or text-completion (`token_logprobs`) format."""
         if comp.logprobs is None:
             return None
         tok = getattr(batcher.engines[role], "tokenizer", None)
         ids = comp.token_ids or []
-        items = []
-        for i, lp in enumerate(comp.logprobs):
-            token = tok.decode([ids[i]]) if tok is not None and i < len(ids) else str(ids[i] if i < len(ids) else "")
-            items.append({"token": token, "logprob": lp, "bytes": None, "top_logprobs": []})
-        return {"content": items}
+        tokens = [tok.decode([ids[i]]) if tok is not None and i < len(ids) else "" for i in range(len(comp.logprobs))]
+        if not chat:
+            return {"tokens": tokens, "token_logprobs": list(comp.logprobs), "top_logprobs": None,
+                    "text_offset": None}
+        return {"content": [{"token": t, "logprob": lp, "bytes": None, "top_logprobs": []}
+                            for t, lp in zip(tokens, comp.logprobs, strict=True)]}
 
     def _single_response(rid: str, model: str, result: GenerationResult, role: str, chat: bool):
         choices = []
         for i, comp in enumerate(result.completions):
             choice: dict[str, Any] = {"index": i, "finish_reason": comp.finish_reason,
-                                      "stop_reason": comp.stop, "logprobs": _logprobs(result, comp, role)}
+                                      "stop_reason": comp.stop, "logprobs": _logprobs(comp, role, chat)}
             if chat:
                 choice["message"] = {"role": "assistant", "content": comp.text}
             else:

@@ -27,23 +27,23 @@ _MODES = ("collab", "long", "short")
 @app.command("eval")
 def eval_command(
     benchmark: Annotated[str, typer.Option(help="math500, aime24, aime25, amc23, gpqa_diamond, gsm8k, "
-                                                "a JSONL path (problem/answer[/choices]) or hub:DATASET[:CONFIG][@SPLIT]")],
+                                                "a JSONL path with problem, answer and optional choices, or hub:DATASET:CONFIG@SPLIT")],
     out: Annotated[Path, typer.Option(help="Run directory (created; rerun the same command to resume)")],
     mode: Annotated[str, typer.Option(help="collab (the pair), long (long model alone), short (short alone)")] = "collab",
     samples: Annotated[int, typer.Option(min=1, help="Samples per problem (Pass@1 over k)")] = 1,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N problems")] = None,
     baseline: Annotated[Path | None, typer.Option(help="Finished run directory to compute AES against")] = None,
-    long: Annotated[str | None, typer.Option("--long", help="Long-thought model spec [default: smollm2-135m]")] = None,
-    short: Annotated[str | None, typer.Option("--short", help="Short-thought model spec [default: smollm2-135m]")] = None,
+    long: Annotated[str | None, typer.Option("--long", help="Long-thought model spec (default: smollm2-135m)")] = None,
+    short: Annotated[str | None, typer.Option("--short", help="Short-thought model spec (default: smollm2-135m)")] = None,
     engine: Annotated[str | None, typer.Option(help="transformers (default), openai, vllm")] = None,
     base_url: Annotated[str | None, typer.Option(help="Server URL for --engine openai")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Benchmark data directory [default: $LONGSHORT_DATA or ../shared/benchmarks]")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Token limit per turn, both roles [default: 1024 long / 512 short]")] = None,
-    max_turns: Annotated[int | None, typer.Option(min=1, help="Most long turns per dialogue [default: 4]")] = None,
-    temperature: Annotated[float | None, typer.Option(min=0.0, help="Sampling temperature [default: 0.7]")] = None,
-    seed: Annotated[int | None, typer.Option(help="Base seed [default: 0]")] = None,
-    grading_timeout: Annotated[float | None, typer.Option(min=0.01, help="Seconds to grade one answer [default: 5]")] = None,
-    interval: Annotated[str | None, typer.Option(help="Pass@1 interval: normal or bootstrap [default: normal]")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Benchmark data directory (default: $LONGSHORT_DATA or ../shared/benchmarks)")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Token limit per turn, both roles (default: 1024 long / 512 short)")] = None,
+    max_turns: Annotated[int | None, typer.Option(min=1, help="Most long turns per dialogue (default: 4)")] = None,
+    temperature: Annotated[float | None, typer.Option(min=0.0, help="Sampling temperature (default: 0.7)")] = None,
+    seed: Annotated[int | None, typer.Option(help="Base seed (default: 0)")] = None,
+    grading_timeout: Annotated[float | None, typer.Option(min=0.01, help="Seconds to grade one answer (default: 5)")] = None,
+    interval: Annotated[str | None, typer.Option(help="Pass@1 interval: normal or bootstrap (default: normal)")] = None,
     resume: Annotated[bool, typer.Option(help="Skip records already in predictions.jsonl")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
@@ -82,8 +82,8 @@ def eval_command(
 @app.command("compare")
 def compare_command(
     runs: Annotated[list[Path], typer.Argument(help="Run directories made by `longshort eval`")],
-    plot: Annotated[Path | None, typer.Option(help="PNG path [default: accuracy_vs_tokens.png in the parent "
-                                                   "directory of the first run]")] = None,
+    plot: Annotated[Path | None, typer.Option(help="PNG path (default: accuracy_vs_tokens.png in the parent "
+                                                   "directory of the first run)")] = None,
 ) -> None:
     """Compare evaluation runs: one table, and an accuracy-vs-tokens plot (PNG)."""
     from rich.console import Console
@@ -109,7 +109,8 @@ def compare_command(
         table.add_column(h, justify="left" if h in ("run", "benchmark", "mode") else "right")
     for row in rows:
         table.add_row(*format_row(row))
-    Console().print(table)
+    # not a terminal (piped, captured): rich would squeeze the 14 columns into 80 characters
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
     benchmarks = {r["benchmark"] for r in rows}
     if len(benchmarks) > 1:
         print(f"note: the runs cover different benchmarks ({', '.join(sorted(map(str, benchmarks)))})")

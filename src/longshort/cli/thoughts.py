@@ -282,7 +282,8 @@ def coldstart(
         problem = None
         for fld in ("id", "problem", "answer", "thoughts"):
             if not rec.get(fld):
-                problem = InputError("missing", path=str(input), line=k, field=fld)
+                hint = " (run `longshort chunk` and `longshort score` first)" if fld == "thoughts" else ""
+                problem = InputError("missing" + hint, path=str(input), line=k, field=fld)
                 break
         if problem is None and not any("score" in t for t in rec["thoughts"]):
             problem = InputError("thoughts have no 'score' (run `longshort score` first)",

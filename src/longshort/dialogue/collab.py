@@ -215,17 +215,28 @@ def _advance(d: _Dialogue, turn: Turn, mode: str, config: CollabConfig) -> None:
         d.next_role = "long"
 
 
+def turn_stops(role: Role, config: CollabConfig, mode: str = "collab") -> list[str]:
+    """Stop strings of a `role` turn: its closing tags, plus the partner's opening tag when the
+    opening tag is forced and `stop_at_partner_tag`; a solo long answer runs to EOS."""
+    if mode != "collab":
+        return list(STOP_STRINGS["short"]) if role == "short" else []
+    stops = list(STOP_STRINGS[role])
+    if config.stop_at_partner_tag and config.force_open_tag:
+        stops += PARTNER_STOPS[role]
+    return stops
+
+
+def turn_limit(role: Role, config: CollabConfig, mode: str = "collab") -> int:
+    """Token limit of one `role` turn (a solo answer gets `config.solo_limit()`)."""
+    if mode != "collab":
+        return config.solo_limit()
+    return config.max_new_tokens_long if role == "long" else config.max_new_tokens_short
+
+
 def _step(role: Role, waiting: list[_Dialogue], engine: Engine, mode: str, config: CollabConfig) -> None:
     """One batched generation call: the next turn of every dialogue in `waiting` (all on `role`)."""
     solo = mode != "collab"
-    if solo:
-        stops = list(STOP_STRINGS["short"]) if role == "short" else []
-        limit = config.solo_limit()
-    else:
-        stops = list(STOP_STRINGS[role])
-        if config.stop_at_partner_tag and config.force_open_tag:
-            stops += PARTNER_STOPS[role]
-        limit = config.max_new_tokens_long if role == "long" else config.max_new_tokens_short
+    stops, limit = turn_stops(role, config, mode), turn_limit(role, config, mode)
     forced = OPEN_TAGS[role] if config.force_open_tag else ""
     requests = []
     for d in waiting:

@@ -93,7 +93,8 @@ class Turn:
 
     text: the turn with its tags (repaired if needed); tokens: generated tokens of this turn in
     the speaking model's tokenizer (a forced opening tag is not counted); finish_reason: "stop"
-    or "length"; flags: the repairs/conditions (FLAG_*); final: closes with </answer>.
+    or "length"; flags: the repairs/conditions (FLAG_*); final: the turn gives the final answer
+    (a dialogue turn closing with </answer>; a solo answer not cut off by the token limit).
     """
 
     role: Role

@@ -8,8 +8,9 @@ row of one batch its own stop strings, seed, temperature and token limit. What i
 - `n > 1`: the shared prompt is encoded once and its KV cache copied for the n samples
   (`reuse_prefix=False` re-encodes it per sample, the baseline for benchmarks);
 - per-row sampling (temperature, top-p, greedy when temperature is 0) with per-row seeds: the
-  noise for a row comes from a counter-based hash of (seed, sample index, step, token id), so a
-  seeded request gives the same completions whatever else is in its batch;
+  uniform number a row samples with comes from a counter-based hash of (seed, sample, step), so a
+  seeded request gives the same completions whatever else is in its batch (up to floating-point
+  differences between batch shapes, which only matter at near-ties);
 - per-request stop strings (text cut at the earliest stop, the stop reported), EOS, per-row
   `max_new_tokens`, finish reasons, generated-token counts, optional per-token logprobs;
 - finished rows leave the batch (the KV cache is compacted) so short answers do not pay for
@@ -77,6 +78,18 @@ class _OOM(Exception):
     pass
 
 
+class _restore_training:
+    def __init__(self, model: Any, was_training: bool):
+        self.model, self.was_training = model, was_training
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.was_training:
+            self.model.train()
+
+
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
@@ -120,22 +133,36 @@ def row_seed(seed: int, sample: int) -> int:
     return int(_mix(_mix(t))[0])
 
 
-def uniform_noise(seeds, step: int, vocab: int):
-    """Uniform (0, 1) noise of shape [rows, vocab], a pure function of (row seed, step, token)."""
+def row_uniform(seeds, step: int):
+    """One uniform (0, 1) number per row, a pure function of (row seed, step): float64 [R]."""
     import torch
 
-    tok = torch.arange(vocab, device=seeds.device, dtype=torch.int64) * _K_TOK
-    x = seeds[:, None] * _K_SEED + tok[None, :] + _i64(step * _K_STEP)
-    x = _mix(x)
-    return (_shr(x, 40).to(torch.float32) + 0.5) / float(1 << 24)
+    x = _mix(_mix(seeds * _K_SEED + _i64(step * _K_STEP)))
+    return (_shr(x, 11).to(torch.float64) + 0.5) / float(1 << 53)
+
+
+# Top-p first looks among this many most likely tokens (exact whenever they hold the top_p mass,
+# as they nearly always do for a trained model); otherwise the whole vocabulary is sorted.
+_TOP_P_CANDIDATES = 1024
+
+
+def _inverse_cdf(probs, u):
+    """Index drawn from each row of (unnormalised) `probs` with the row's uniform `u`."""
+    import torch
+
+    cdf = probs.cumsum(-1)
+    target = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
 def sample_tokens(logits, temperature, top_p, seeds, step: int, *, want_logprobs: bool):
     """Pick one token per row.
 
-    logits [R, V]; temperature [R] (0 = greedy); top_p [R]; seeds [R] int64. Sampling uses the
-    Gumbel-max trick with per-row counter-based noise. The logprob returned is that of the chosen
-    token under softmax(logits / temperature) (plain softmax for greedy rows), before top-p.
+    logits [R, V]; temperature [R] (0 = greedy); top_p [R]; seeds [R] int64. Sampling is exact
+    inverse-CDF sampling of softmax(logits / temperature), restricted to the top-p nucleus, with
+    one counter-based uniform per row and step (cheap, and reproducible whatever the batch).
+    The logprob returned is that of the chosen token under softmax(logits / temperature)
+    (plain softmax for greedy rows), before top-p.
     Returns (tokens [R] int64, logprobs [R] float32 or None).
     """
     import torch
@@ -147,16 +174,21 @@ def sample_tokens(logits, temperature, top_p, seeds, step: int, *, want_logprobs
     if not bool(greedy.all()):
         temp = torch.where(greedy, torch.ones_like(temperature), temperature).to(logits.dtype)
         scaled = logits / temp[:, None]
-        masked = scaled
-        if bool((top_p < 1.0).any()):
-            sorted_logits, order = scaled.sort(-1, descending=True)
-            probs = sorted_logits.softmax(-1)
-            before = probs.cumsum(-1) - probs  # mass strictly before each token
-            drop_sorted = before > top_p[:, None].to(probs.dtype)
-            drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-            masked = scaled.masked_fill(drop, float("-inf"))
-        gumbel = -torch.log(-torch.log(uniform_noise(seeds, step, logits.shape[-1])))
-        sampled = (masked + gumbel).argmax(-1)
+        probs = scaled.softmax(-1)
+        u = row_uniform(seeds, step)
+        sampled = torch.empty_like(tokens)
+        nucleus = (top_p < 1.0) & ~greedy
+        full = ~nucleus
+        if bool(full.any()):
+            sampled[full] = _inverse_cdf(probs[full], u[full])
+        if bool(nucleus.any()):
+            p, thr, un = probs[nucleus], top_p[nucleus].to(probs.dtype)[:, None], u[nucleus]
+            vals, idx = p.topk(min(_TOP_P_CANDIDATES, p.shape[-1]), dim=-1)
+            if bool((vals.sum(-1, keepdim=True) < thr).any()):
+                vals, idx = p.sort(-1, descending=True)
+            before = vals.cumsum(-1) - vals  # mass of the more likely tokens
+            vals = vals.masked_fill(before >= thr, 0.0)  # the smallest set holding top_p of the mass
+            sampled[nucleus] = idx.gather(-1, _inverse_cdf(vals, un)[:, None])[:, 0]
         tokens = torch.where(greedy, tokens, sampled)
     logprobs = None
     if want_logprobs:
@@ -181,6 +213,7 @@ class HFEngine(Engine):
             device=device, dtype=None if dtype is None else str(dtype), fast_path=fast_path,
             compile=compile)
         self.config = cfg
+        self.spec: str | None = model if isinstance(model, str) else None
         if isinstance(model, str):
             from longshort.models import load_model
 
@@ -198,8 +231,9 @@ class HFEngine(Engine):
 
         _finish_tokenizer(self.tokenizer)
         self.device = next(self.model.parameters()).device
-        self._cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters \
-            else "past_key_values"
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # PEFT
+        # transformers 5 renamed `past_key_values` to `cache`; support both
+        self._cache_kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
         self._eos = self._eos_ids()
         self._specials = sorted((t for t in self.tokenizer.all_special_tokens if t), key=len, reverse=True)
         self._rows_cap = cfg.batch_size or (256 if self.device.type == "cuda" else 64)
@@ -240,6 +274,11 @@ class HFEngine(Engine):
             mem = 2 << 30
         return max(4096, mem // self._kv_bytes_per_token())
 
+    def _context_length(self) -> int | None:
+        c = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") \
+            else self.model.config
+        return getattr(c, "max_position_embeddings", None)
+
     @property
     def fast(self) -> bool:
         mode = self.config.fast_path
@@ -279,9 +318,13 @@ class HFEngine(Engine):
             if p.temperature < 0 or not 0 < p.top_p <= 1:
                 raise LongshortError(f"request {i}: need temperature >= 0 and 0 < top_p <= 1")
         prompts = [self.encode(self.render(r)) for r in requests]
+        context = self._context_length()
         for i, ids in enumerate(prompts):
             if not ids:
                 raise LongshortError(f"request {i}: empty prompt")
+            if context and len(ids) >= context:
+                raise LongshortError(f"request {i}: the prompt has {len(ids)} tokens but the model's context "
+                                     f"is {context} tokens; shorten it")
         # Seeds: the request's own, else one drawn from torch's RNG (so torch.manual_seed governs it).
         seeds = [r.params.seed if r.params.seed is not None else int(torch.randint(0, 2**62, (1,)))
                  for r in requests]
@@ -289,8 +332,10 @@ class HFEngine(Engine):
         order = sorted(range(len(requests)), key=lambda i: -(len(prompts[i]) + requests[i].params.max_new_tokens))
         pending = [_Unit(i, prompts[i], list(range(requests[i].params.n))) for i in order]
         total = sum(r.params.n for r in requests)
-        with torch.inference_mode(), tqdm(total=total, disable=not progress, desc="generate",
-                                           unit="sample", leave=False) as bar:
+        was_training = self.model.training  # a policy being trained: no dropout while sampling
+        self.model.eval()
+        bar = tqdm(total=total, disable=not progress, desc="generate", unit="sample", leave=False)
+        with _restore_training(self.model, was_training), torch.inference_mode(), bar:
             while pending:
                 batch, pending = self._take_batch(pending, requests)
                 try:

@@ -292,6 +292,21 @@ def build_chunk_prompt(problem: str, steps: Sequence[str], max_step_chars: int =
     return CHUNK_PROMPT.format(n=len(steps), problem=problem.strip(), steps=numbered)
 
 
+def fit_chunk_prompt(problem: str, steps: Sequence[str], engine: Any, cfg: LLMChunkConfig) -> str | None:
+    """The chunking prompt, with steps cut shorter until prompt + answer fit the engine's context
+    (when the engine tells its context length); None when even 30 characters per step do not fit."""
+    from longshort.thoughts.importance import ImportanceConfig, engine_context
+
+    ctx = engine_context(engine, ImportanceConfig())
+    for chars in (cfg.max_step_chars, 120, 60, 30):
+        if chars > cfg.max_step_chars:
+            continue
+        prompt = build_chunk_prompt(problem, steps, chars)
+        if ctx is None or engine.count_tokens(prompt) + 32 + cfg.max_new_tokens <= ctx:
+            return prompt
+    return None
+
+
 def _find_json(text: str) -> Any:
     """The first JSON list/object in a model answer (code fences and prose around it allowed)."""
     text = re.sub(r"```(?:json)?", "", text)
@@ -373,14 +388,20 @@ def llm_chunk_many(items: Sequence[tuple[str, Sequence[str]]], engine: Any,
 
     cfg = config or LLMChunkConfig()
     results: list[tuple[list[dict[str, Any]], list[str]] | None] = [None] * len(items)
-    pending = list(range(len(items)))
+    prompts: dict[int, str] = {}
+    for i, (problem, steps) in enumerate(items):
+        prompt = fit_chunk_prompt(problem, steps, engine, cfg)
+        if prompt is None:  # cannot fit the model's context even with steps cut short
+            results[i] = (heuristic_chunk(steps, heuristic), ["llm_prompt_too_long", "llm_fallback"])
+        else:
+            prompts[i] = prompt
+    pending = sorted(prompts)
     notes: dict[int, list[str]] = {i: [] for i in pending}
     for attempt in range(cfg.max_retries + 1):
         if not pending:
             break
         reqs = [GenerationRequest(
-            messages=[{"role": "user", "content": build_chunk_prompt(items[i][0], items[i][1],
-                                                                     cfg.max_step_chars)}],
+            messages=[{"role": "user", "content": prompts[i]}],
             params=SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                                   seed=cfg.seed + attempt), meta={"index": i}) for i in pending]
         outs = engine.generate(reqs, progress=progress)

@@ -48,6 +48,10 @@ class ColdStartConfig(BaseModel):
                                   "cold-start data must not teach wrong answers.")
     first_long: bool = Field(True, description="Force the first thought to the long model, which "
                              "speaks first in the protocol.")
+    max_long_turns: int | None = Field(4, ge=1, description="At most this many long turns per "
+                                       "dialogue (the collaborative loop's default max_turns is 4): the "
+                                       "shortest short runs between long turns are given to the long model "
+                                       "until it fits. None = no limit.")
     llm_max_new_tokens: int = Field(256, ge=8, description="Token limit of one llm rewrite; short "
                                     "turns should be short.")
     llm_temperature: float = Field(0.0, ge=0.0, description="Greedy rewrites: reproducible data.")
@@ -80,7 +84,36 @@ def assign_roles(thoughts: Sequence[dict[str, Any]], config: ColdStartConfig | N
     if cfg.first_long and roles and roles[0] != "long":
         roles[0] = "long"
         flags.append("first_forced_long")
+    if cfg.max_long_turns is not None and _limit_long_turns(roles, thoughts, cfg.max_long_turns):
+        flags.append("long_turns_merged")
     return roles, flags
+
+
+def _runs(roles: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(role, first index, last index) of each run of equal roles."""
+    runs: list[tuple[str, int, int]] = []
+    for i, r in enumerate(roles):
+        if runs and runs[-1][0] == r:
+            runs[-1] = (r, runs[-1][1], i)
+        else:
+            runs.append((r, i, i))
+    return runs
+
+
+def _limit_long_turns(roles: list[str], thoughts: Sequence[dict[str, Any]], k: int) -> bool:
+    """Give the shortest short runs between long runs to the long model until at most k long
+    runs remain (in place). Returns whether anything changed."""
+    changed = False
+    while True:
+        runs = _runs(roles)
+        if sum(r[0] == "long" for r in runs) <= k:
+            return changed
+        inner = [(sum(len(thoughts[i].get("text", "")) for i in range(a, b + 1)), a, b)
+                 for j, (role, a, b) in enumerate(runs) if role == "short" and 0 < j < len(runs) - 1]
+        _, a, b = min(inner)
+        for i in range(a, b + 1):
+            roles[i] = "long"
+        changed = True
 
 
 # --------------------------------------------------------------------------- compression

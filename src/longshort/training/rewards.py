@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from longshort.dialogue.protocol import FLAG_EMPTY, FLAG_MISSING_CLOSE, FORMAT_FLAGS
+from longshort.dialogue.protocol import FLAG_EMPTY, FLAG_TRUNCATED, FORMAT_FLAGS
 
 # A turn of each role, as it must look (DESIGN §4); used when no parsed `turns` are given.
 _TURN_PATTERNS = {
@@ -151,19 +151,20 @@ def correctness_reward(completions: Sequence[Any], answer: Sequence[Any] | None 
 
 def turn_well_formed(turn: Any) -> bool:
     """A parsed turn (``Turn`` or its dict) is well formed when parsing repaired nothing
-    (`protocol.FORMAT_FLAGS`) and it is not empty; a turn cut off by its token limit is not
-    blamed for the closing tag it could not write (the dialogue's length rules handle that).
+    (`protocol.FORMAT_FLAGS`), it is not empty and it closed within its token limit. (Unlike the
+    evaluation statistics, which excuse a cut-off turn its missing closing tag, RL must teach
+    each role to close its turn in time: a truncated turn ends the dialogue.)
 
-    >>> turn_well_formed({"flags": ["truncated", "missing_close_tag"], "finish_reason": "length"})
+    >>> turn_well_formed({"flags": [], "finish_reason": "stop"})
     True
+    >>> turn_well_formed({"flags": ["missing_close_tag", "truncated"], "finish_reason": "length"})
+    False
     >>> turn_well_formed({"flags": ["missing_open_tag"]})
     False
     """
     get = turn.get if isinstance(turn, dict) else (lambda k, d=None: getattr(turn, k, d))
-    bad = set(get("flags", None) or []) & (FORMAT_FLAGS | {FLAG_EMPTY})
-    if get("finish_reason", "stop") == "length":
-        bad.discard(FLAG_MISSING_CLOSE)
-    return not bad
+    bad = set(get("flags", None) or []) & (FORMAT_FLAGS | {FLAG_EMPTY, FLAG_TRUNCATED})
+    return not bad and get("finish_reason", "stop") != "length"
 
 
 def format_reward(completions: Sequence[Any], turns: Sequence[Sequence[dict]] | None = None,

@@ -55,6 +55,7 @@ from longshort.io import ensure_ids, read_jsonl, write_json_atomic
 from longshort.training import rewards as R
 from longshort.training.common import (
     Precision,
+    barrier,
     check_model_spec,
     is_finished,
     is_main_process,
@@ -418,7 +419,7 @@ class DialogueRollout:
             out["env_mask"].append(d.mask)
             out["final_answer"].append(final_answer(d.turns))
             out["finished"].append(bool(last.final and last.finish_reason != "length"))
-            out["turns"].append([{"role": t.role, "tokens": t.tokens, "flags": list(t.flags),
+            out["turns"].append([{"role": t.role, "text": t.text, "tokens": t.tokens, "flags": list(t.flags),
                                   "finish_reason": t.finish_reason, "final": t.final} for t in d.turns])
             out["trained_role"].append(self.role)
             out["dialogue_tokens"].append(tokens["long"] + tokens["short"])
@@ -481,7 +482,13 @@ def make_partner(spec: str, config: RLRunConfig) -> Engine:
     if config.partner_base_url:
         return make_engine(spec, "openai", base_url=config.partner_base_url, **config.partner_engine_kwargs)
     check_model_spec(spec, what="partner model")
-    return make_engine(spec, "transformers", **config.partner_engine_kwargs)
+    kwargs = dict(config.partner_engine_kwargs)
+    if "device" not in kwargs:
+        import torch
+
+        if torch.cuda.is_available():  # under accelerate launch: this process's own GPU
+            kwargs["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return make_engine(spec, "transformers", **kwargs)
 
 
 def make_trainer(config: RLRunConfig, role: Role, policy_spec: str, partner: Engine, ckpt_dir: str | Path,
@@ -520,7 +527,7 @@ def make_trainer(config: RLRunConfig, role: Role, policy_spec: str, partner: Eng
         seed=config.seed,
         log_completions=False,
         **precision_flags(config.precision),
-        **({"gradient_checkpointing": True} if config.gradient_checkpointing else {}),
+        gradient_checkpointing=config.gradient_checkpointing,  # TRL defaults to True; ours is explicit
     )
     peft_config = None
     if config.lora:
@@ -558,6 +565,7 @@ def run_rl(config: RLRunConfig, *, reward_funcs: list | None = None,
         if earlier:
             raise LongshortError(f"{out} holds an earlier run ({', '.join(sorted(earlier))}); pass --resume to "
                                  "continue it or choose another --out")
+    barrier()
     current: dict[str, str] = {"long": config.long, "short": config.short}
     history = []
     for k, role in enumerate(schedule):
@@ -577,7 +585,7 @@ def run_rl(config: RLRunConfig, *, reward_funcs: list | None = None,
             result = trainer.train(resume_from_checkpoint=ckpt)
             _save(trainer, it_dir, lora=config.lora)
             if is_main_process():
-                metrics = {**result.metrics, "wall_s": round(time.time() - started, 2), "resumed_from": ckpt,
+                metrics = {**result.metrics, "global_step": result.global_step, "wall_s": round(time.time() - started, 2), "resumed_from": ckpt,
                            "policy_init": current[role], "partner": current[OTHER[role]]}
                 write_json_atomic(it_dir / "metrics.json", {"metrics": metrics,
                                                             "log_history": trainer.state.log_history})

@@ -31,6 +31,7 @@ from longshort.errors import InputError, LongshortError
 from longshort.io import ReadStats, read_jsonl, write_json_atomic
 from longshort.training.common import (
     Precision,
+    barrier,
     is_finished,
     is_main_process,
     last_checkpoint,
@@ -181,7 +182,7 @@ def make_trainer(config: SFTRunConfig, records: list[dict[str, Any]] | None = No
         seed=config.seed,
         dataset_num_proc=None,
         **precision_flags(config.precision),
-        **({"gradient_checkpointing": True} if config.gradient_checkpointing else {}),
+        gradient_checkpointing=config.gradient_checkpointing,  # TRL defaults to True; ours is explicit
     )
     peft_config = None
     if config.lora:
@@ -225,12 +226,13 @@ def run_sft(config: SFTRunConfig) -> str:
         raise LongshortError(f"{out}/checkpoints holds {Path(ckpt).name} from an earlier run; "
                              "pass --resume to continue it or choose another --out")
     records = load_sft_records(config.data, config.role, skip_bad=config.skip_bad)
+    barrier()
     trainer = make_trainer(config, records)
     started = time.time()
     result = trainer.train(resume_from_checkpoint=ckpt if config.resume and ckpt else None)
     save_final(trainer, out, lora=config.lora)
     if is_main_process():
-        metrics = {**result.metrics, "examples": len(records), "dropped_long_prompts": trainer._longshort_dropped,
+        metrics = {**result.metrics, "global_step": result.global_step, "examples": len(records), "dropped_long_prompts": trainer._longshort_dropped,
                    "wall_s": round(time.time() - started, 2), "resumed_from": ckpt if config.resume else None}
         write_json_atomic(out / "metrics.json", {"metrics": metrics, "log_history": trainer.state.log_history})
         write_done_marker(out, {"stage": "sft", "config": config.model_dump(), "metrics": metrics,

@@ -1,0 +1,285 @@
+"""Multi-turn GRPO on tiny models: rollout token masks, one real GRPO step, alternation, bad input.
+
+Random tiny models never write a closing tag, so every turn would hit its token limit and end
+the dialogue after one turn. `_ending_model` edits a real tiny model's weights so that it ends
+each turn with EOS with a chosen probability (a residual dimension held constant feeds an
+EOS-only logit): dialogues then run several turns while everything else stays real.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from longshort.dialogue.collab import CollabConfig
+from longshort.dialogue.protocol import render_transcript
+from longshort.engines.hf import HFEngine
+from longshort.errors import InputError, LongshortError
+from longshort.models import load_model
+from longshort.training.rl import (
+    DialogueRollout,
+    RLRunConfig,
+    load_problems,
+    make_trainer,
+    policy_generate,
+    run_rl,
+)
+
+PROBLEMS = [{"id": "p1", "problem": "What is 2+2?", "answer": "4"},
+            {"id": "p2", "problem": "What is 3+5?", "answer": "8"}]
+
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one torch thread is far faster than two fighting over a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+def _ending_model(spec: str, out: Path, p_eos: float) -> str:
+    """Save a copy of `spec` that emits EOS with probability ~`p_eos` at every step."""
+    model, tok = load_model(spec, device="cpu")
+    eos = tok.eos_token_id
+    vocab = model.config.vocab_size
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight  # tied with the output layer
+        emb[:, 0] = 10.0
+        for layer in model.model.layers:  # nothing writes into residual dimension 0
+            layer.self_attn.o_proj.weight[0, :] = 0.0
+            layer.mlp.down_proj.weight[0, :] = 0.0
+        model.model.norm.weight.zero_()
+        model.model.norm.weight[0] = 1.0
+        x = torch.zeros(model.config.hidden_size)  # h0 = x0 / rms(x) for the constant x0 = 10
+        x[0] = 10.0
+        h0 = float(10.0 / torch.sqrt((x ** 2).mean() + 1e-6))
+        gap = math.log(p_eos / (1 - p_eos) * (vocab - 1))  # EOS logit minus every other logit
+        emb[eos, 0] = 10.0 + gap / h0
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {"long": _ending_model("tiny-random", root / "long", 0.3),
+            "short": _ending_model("tiny-random-bytes", root / "short", 0.3)}
+
+
+@pytest.fixture()
+def problems_file(tmp_path):
+    path = tmp_path / "problems.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
+    return path
+
+
+def _dialogue_config():
+    return CollabConfig(max_turns=3, max_new_tokens_long=12, max_new_tokens_short=12)
+
+
+def test_policy_generate_stops_at_stop_strings_and_reports_logprobs():
+    model, tok = load_model("tiny-random", device="cpu")
+    torch.manual_seed(0)
+    prompt = tok("Hello there", add_special_tokens=False)["input_ids"]
+    outs = policy_generate(model, tok, [prompt, prompt[:1]], max_new_tokens=40, stops=["e"], temperature=1.0)
+    for o in outs:
+        assert len(o.token_ids) == len(o.logprobs) and all(lp <= 0 for lp in o.logprobs)
+        if o.finish_reason == "stop" and o.stop == "e":
+            assert "e" not in o.text
+            assert "e" not in tok.decode(o.token_ids[:-1])  # it stopped at the first token completing it
+        else:
+            assert o.finish_reason == "length" and len(o.token_ids) == 40
+    assert any(o.stop == "e" for o in outs)
+
+
+@pytest.mark.parametrize("role", ["long", "short"])
+def test_rollout_env_mask_is_one_exactly_on_the_trained_roles_tokens(models, role):
+    policy, policy_tok = load_model(models[role], device="cpu")
+    partner_role = "short" if role == "long" else "long"
+    partner = HFEngine(models[partner_role], device="cpu")
+    rollout = DialogueRollout(role, partner, _dialogue_config())
+    torch.manual_seed(1)
+    out = rollout.play([p["problem"] for p in PROBLEMS] * 3, policy, policy_tok)
+    n = len(PROBLEMS) * 3
+    assert all(len(out[k]) == n for k in ("prompt_ids", "completion_ids", "env_mask", "logprobs", "turns"))
+    multi = 0
+    for i in range(n):
+        ids, mask, lps, turns = out["completion_ids"][i], out["env_mask"][i], out["logprobs"][i], out["turns"][i]
+        assert len(ids) == len(mask) == len(lps)
+        own = [t for t in turns if t["role"] == role]
+        # the ones are exactly the tokens the policy generated, turn by turn
+        assert sum(mask) == sum(t["tokens"] for t in own) == out["role_tokens"][i]
+        blocks = _blocks(mask)
+        assert [len(b) for b in blocks] == [t["tokens"] for t in own if t["tokens"]]
+        assert all(lps[j] == 0.0 for j in range(len(ids)) if mask[j] == 0)
+        assert all(lps[j] < 0.0 for j in range(len(ids)) if mask[j] == 1)
+        assert mask[-1] == 0 and ids[-1] == policy_tok.eos_token_id
+        # the environment tokens hold the partner's turns (+ newlines / forced tags), in the policy's tokenizer
+        env_text = policy_tok.decode([t for t, m in zip(ids, mask, strict=True) if m == 0])
+        prompt_text = policy_tok.decode(out["prompt_ids"][i])
+        for t in turns:
+            if t["role"] == partner_role:
+                assert t["text"] in env_text or t["text"] in prompt_text
+        # each block of ones decodes to the body of the matching turn of the trained role
+        for block, t in zip(blocks, [t for t in own if t["tokens"]], strict=True):
+            body = policy_tok.decode([ids[j] for j in block], skip_special_tokens=True).strip()
+            assert body[:8] in t["text"]
+        assert render_transcript(turns) in prompt_text + policy_tok.decode(ids) or out["context_mismatches"][i]
+        assert out["dialogue_tokens"][i] == out["tokens_long"][i] + out["tokens_short"][i]
+        multi += len(own) > 1
+    assert multi, "at least one dialogue should have more than one turn of the trained role"
+
+
+def _blocks(mask):
+    blocks, cur = [], []
+    for j, m in enumerate(mask):
+        if m:
+            cur.append(j)
+        elif cur:
+            blocks.append(cur)
+            cur = []
+    if cur:
+        blocks.append(cur)
+    return blocks
+
+
+def test_one_grpo_step_changes_the_policy_and_not_the_partner(models, tmp_path, problems_file):
+    partner = HFEngine(models["short"], device="cpu")
+    partner_before = {k: v.clone() for k, v in partner.model.state_dict().items()}
+    cfg = RLRunConfig(long=models["long"], short=models["short"], data=str(problems_file), out=str(tmp_path / "o"),
+                      iterations=1, max_steps=1, num_generations=2, batch_size=4, lr=1e-3, report_to="none",
+                      dialogue=_dialogue_config())
+
+    def spread(completions, role_tokens, **kwargs):  # a real, varying signal: the policy's token count
+        return [float(t) for t in role_tokens]
+
+    trainer = make_trainer(cfg, "long", models["long"], partner, tmp_path / "ckpt", load_problems(str(problems_file)),
+                           reward_funcs=[spread])
+    policy_before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    changed = [k for k, v in trainer.model.state_dict().items() if not torch.equal(v, policy_before[k])]
+    assert changed, "one GRPO step should move the trained role's weights"
+    assert all(torch.equal(v, partner_before[k]) for k, v in partner.model.state_dict().items())
+    logs = trainer.state.log_history[0]
+    for key in ("dialogue/tokens_long", "dialogue/tokens_short", "dialogue/turns", "rewards/spread/mean"):
+        assert key in logs, key
+
+
+def test_alternation_writes_each_iteration_and_swaps_partners(models, tmp_path, problems_file):
+    out = tmp_path / "rl"
+    cfg = RLRunConfig(long=models["long"], short=models["short"], data=str(problems_file), out=str(out),
+                      iterations=3, first="short", max_steps=1, num_generations=2, batch_size=2,
+                      report_to="none", dialogue=_dialogue_config())
+    run_rl(cfg)
+    dirs = ["iter0_short", "iter1_long", "iter2_short"]
+    for d in dirs:
+        assert (out / d / "longshort_run.json").exists()
+        load_model(str(out / d), device="cpu")  # a normal, loadable model directory
+    m = [json.loads((out / d / "metrics.json").read_text())["metrics"] for d in dirs]
+    assert m[0]["partner"] == models["long"] and m[1]["partner"] == str(out / "iter0_short")
+    assert m[2]["partner"] == str(out / "iter1_long") and m[2]["policy_init"] == str(out / "iter0_short")
+    final = json.loads((out / "longshort_run.json").read_text())["final"]
+    assert final == {"long": str(out / "iter1_long"), "short": str(out / "iter2_short")}
+    # different tokenizers: each saved role keeps its own
+    assert load_model(final["long"], device="cpu")[1].vocab_size != load_model(final["short"], device="cpu")[1].vocab_size
+    # rerunning without --resume refuses to touch it; with --resume every iteration is skipped
+    with pytest.raises(LongshortError, match="--resume"):
+        run_rl(cfg)
+    stamp = (out / "iter2_short" / "model.safetensors").stat().st_mtime_ns
+    run_rl(cfg.model_copy(update={"resume": True}))
+    assert (out / "iter2_short" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_bad_inputs_are_clear_errors(tmp_path, problems_file):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    base = dict(long="tiny-random", short="tiny-random", out=str(tmp_path / "o"), report_to="none")
+    with pytest.raises(InputError, match="empty.jsonl.*no problems"):
+        run_rl(RLRunConfig(data=str(empty), **base))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "1+1?"}\n')
+    with pytest.raises(InputError, match="bad.jsonl:1: field 'answer'"):
+        run_rl(RLRunConfig(data=str(bad), **base))
+    with pytest.raises(LongshortError, match="one iteration"):
+        run_rl(RLRunConfig(data=str(problems_file), partner_base_url="http://127.0.0.1:9/v1", **base))
+    no_tok = tmp_path / "bare"
+    no_tok.mkdir()
+    (no_tok / "config.json").write_text("{}")
+    with pytest.raises(LongshortError, match="no tokenizer"):
+        run_rl(RLRunConfig(data=str(problems_file), **(base | {"short": str(no_tok)})))
+    assert not (tmp_path / "o").exists()
+
+
+class _Server:
+    """`longshort serve`'s real app under uvicorn in a thread, stoppable mid-run."""
+
+    def __init__(self, engine, port: int):
+        import threading
+
+        import uvicorn
+
+        from longshort.serve import create_app
+
+        self.server = uvicorn.Server(uvicorn.Config(create_app(engine, engine), host="127.0.0.1", port=port,
+                                                    log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        import time
+
+        deadline = time.time() + 30
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.05)
+        assert self.server.started
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_partner_server_dropping_mid_run_is_a_clear_error_and_keeps_checkpoints(models, tmp_path, problems_file):
+    port = _free_port()
+    engine = HFEngine(models["short"], device="cpu")
+    server = _Server(engine, port)
+    out = tmp_path / "rl"
+    cfg = RLRunConfig(long=models["long"], short="short", data=str(problems_file), out=str(out), iterations=1,
+                      max_steps=2, num_generations=2, batch_size=2, save_steps=1, report_to="none",
+                      partner_base_url=f"http://127.0.0.1:{port}/v1", dialogue=_dialogue_config(),
+                      partner_engine_kwargs={"max_retries": 1, "backoff": 0.05})
+    calls = []
+
+    def spread(completions, role_tokens, trainer_state, **kwargs):
+        calls.append(trainer_state.global_step)
+        if trainer_state.global_step == 0:  # scoring step 1: the server goes away before step 2
+            server.stop()
+        return [float(t) for t in role_tokens]
+
+    try:
+        with pytest.raises(LongshortError, match=f"127.0.0.1:{port}.*after 2 attempts"):
+            run_rl(cfg, reward_funcs=[spread])
+    finally:
+        server.stop()
+    ckpt = out / "checkpoints" / "iter0_long" / "checkpoint-1"
+    assert (ckpt / "trainer_state.json").exists() and (ckpt / "model.safetensors").exists()
+    assert not (out / "iter0_long").exists()
+    # the server is back: --resume continues from checkpoint-1 and finishes
+    server = _Server(engine, port)
+    try:
+        run_rl(cfg.model_copy(update={"resume": True}), reward_funcs=[spread])
+    finally:
+        server.stop()
+    run = json.loads((out / "iter0_long" / "longshort_run.json").read_text())
+    assert run["metrics"]["resumed_from"].endswith("checkpoint-1") and run["metrics"]["global_step"] == 2
