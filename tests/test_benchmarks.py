@@ -172,3 +172,23 @@ def test_hub_dataset_error_is_clear_when_unavailable():
     # offline: a network error; online: the dataset does not exist. Either way one clear message.
     with pytest.raises(LongshortError, match="cannot load hub:longshort-tests/no-such-dataset"):
         load_benchmark("hub:longshort-tests/no-such-dataset@test")
+
+
+def test_line_numbers_count_blank_lines_and_skip_bad_counts(tmp_path):
+    from longshort.io import ReadStats
+
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('{"problem": "a", "answer": "1"}\n\n{"problem": "b"}\nnot json\n'
+                    '{"problem": "c", "answer": "3"}\n', encoding="utf-8")
+    with pytest.raises(InputError) as err:
+        load_benchmark(str(path))
+    assert err.value.line == 3 and err.value.field == "answer"
+    stats = ReadStats()
+    recs = load_benchmark(str(path), skip_bad=True, stats=stats)
+    assert [r["problem"] for r in recs] == ["a", "c"]
+    assert [r["id"] for r in recs] == ["mixed-0", "mixed-4"]   # ids follow lines: stable under skips
+    assert stats.skipped == 2 and stats.read == 2
+    assert any(":4: malformed JSON" in r for r in stats.reasons)
+    bad_only = _write(tmp_path / "bad_only.jsonl", [{"problem": "x"}])
+    with pytest.raises(InputError, match="no records left after skipping 1"):
+        load_benchmark(str(bad_only), skip_bad=True)

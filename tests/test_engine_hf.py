@@ -31,7 +31,7 @@ def hf_greedy(engine: HFEngine, req: GenerationRequest, n: int) -> list[int]:
 
 def test_greedy_batch_matches_model_generate_per_prompt(engine):
     # prompts of different lengths in one batch: left padding and positions must be right
-    reqs = [chat(q, temperature=0, max_new_tokens=8) for q in QUESTIONS]
+    reqs = [chat(q, temperature=0, max_new_tokens=8) for q in QUESTIONS[1:3]]
     reqs.append(GenerationRequest(prompt="Once upon a time", params=SamplingParams(temperature=0, max_new_tokens=8)))
     results = engine.generate(reqs)
     for req, res in zip(reqs, results, strict=True):
@@ -139,13 +139,21 @@ def test_tiny_top_p_is_greedy_and_sampling_kernel_is_sane():
     toks, _ = sample_tokens(logits, torch.ones(4000), torch.ones(4000), torch.arange(4000), 5, want_logprobs=False)
     freq = torch.bincount(toks, minlength=4).float() / 4000
     assert torch.allclose(freq, logits[0].softmax(-1), atol=0.03)
+    # top-p 0.8 keeps the two most likely tokens (0.64 + 0.24 >= 0.8), renormalised
+    toks, _ = sample_tokens(logits, torch.ones(4000), torch.full((4000,), 0.8), torch.arange(4000), 5,
+                            want_logprobs=False)
+    freq = torch.bincount(toks, minlength=4).float() / 4000
+    p = logits[0].softmax(-1)[:2]
+    assert freq[2:].sum() == 0 and torch.allclose(freq[:2], p / p.sum(), atol=0.03)
 
 
 def test_batches_split_to_fit_give_identical_results(engine):
-    reqs = [chat(q, temperature=0.9, max_new_tokens=6, n=3, seed=i) for i, q in enumerate(QUESTIONS)]
+    reqs = [chat(q, temperature=0.9, max_new_tokens=4, n=3, seed=i) for i, q in enumerate(QUESTIONS[1:3])]
     big = engine.generate(reqs)
     small = HFEngine.from_model(engine.model, engine.tokenizer, batch_size=2).generate(reqs, progress=True)
-    budget = HFEngine.from_model(engine.model, engine.tokenizer, token_budget=100).generate(reqs)
+    # budget of 2 rows of the longest request: its 3 samples are split over two batches
+    span = engine.count_tokens(engine.render(reqs[0])) + 4
+    budget = HFEngine.from_model(engine.model, engine.tokenizer, token_budget=2 * span).generate(reqs)
     for a, b, c in zip(big, small, budget, strict=True):
         assert [x.token_ids for x in a.completions] == [x.token_ids for x in b.completions] \
             == [x.token_ids for x in c.completions]
@@ -201,6 +209,10 @@ def test_bad_requests_and_engine_names_are_clear_errors(engine):
         make_engine("tiny-random", "openai")
     with pytest.raises(LongshortError, match="unknown model spec"):
         make_engine("no-such-model")
+    with pytest.raises(LongshortError, match="does not take option.*batchsize.*it takes:.*batch_size"):
+        make_engine("tiny-random", "hf", batchsize=4)
+    with pytest.raises(LongshortError, match="does not take option.*batch_size"):
+        make_engine("m", "openai", base_url="http://127.0.0.1:9/v1", batch_size=4)
 
 
 def test_from_model_with_a_training_peft_policy(engine):

@@ -110,12 +110,21 @@ def test_baseline_gives_aes_and_compare_plots(base_run, tmp_path, shared_dir, ca
     assert "| collab |" in png.with_suffix(".md").read_text()
 
 
-def test_short_mode(tmp_path, shared_dir):
+def test_short_mode_on_own_jsonl_with_skip_bad(tmp_path, capsys):
+    bench = tmp_path / "mine.jsonl"
+    bench.write_text('{"id": "a", "problem": "2+2?", "answer": "4"}\n{"id": "b", "problem": "no answer"}\n'
+                     '{"id": "c", "problem": "Pick one.", "choices": ["x", "y"], "answer": "y"}\n', encoding="utf-8")
     out = tmp_path / "short"
-    assert cli("eval", "--benchmark", "gsm8k", "--mode", "short", "--limit", "2", "--out", out,
-               "--data-dir", shared_dir / "benchmarks", "--max-turns", "1", *TINY) == 0
+    assert cli("eval", "--benchmark", bench, "--mode", "short", "--out", out, "--max-turns", "1", *TINY) == 1
+    assert ":2: field 'answer'" in capsys.readouterr().err and not out.exists()
+    assert cli("eval", "--benchmark", bench, "--mode", "short", "--out", out, "--max-turns", "1",
+               "--skip-bad", *TINY) == 0
+    assert "skipped 1 bad" in capsys.readouterr().out
     m = json.loads((out / "metrics.json").read_text())
     assert m["mode"] == "short" and m["tokens"]["long"] == 0 and m["tokens"]["short"] > 0
+    assert m["benchmark"] == "mine" and m["problems"] == 2 and m["skipped_bad_records"] == 1
+    preds = {p["id"]: p for p in _lines(out / "predictions.jsonl")}
+    assert preds["c"]["answer"] == "B" and preds["c"]["choices"] == ["x", "y"] and "B) y" in preds["c"]["problem"]
 
 
 def test_baseline_from_another_benchmark_is_refused(tmp_path, shared_dir, capsys, base_run):

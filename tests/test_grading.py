@@ -129,6 +129,8 @@ def test_multiple_choice_letters():
     assert not grade(r"\boxed{B}", "C", choices=choices)
     assert not grade(r"\boxed{E}", "E", choices=choices)          # not a valid letter here
     assert extract_choice("no letter here", choices) is None
+    assert extract_choice("The answer is a bit tricky", choices) is None        # lower-case "a" is a word
+    assert extract_choice("Option B looks fine, but the answer is D, not option C.", choices) == "D"
     assert grade_detail(r"\boxed{C}", "C", choices=choices).method == "choice"
 
 
@@ -150,7 +152,23 @@ def test_timeout_in_main_thread():
     elapsed = time.perf_counter() - t0
     assert not res.correct and res.method == "timeout"
     assert elapsed < 3.0
-    assert grade(r"\boxed{2}", "2")  # grading still works afterwards (timer and handler restored)
+    # grading still works afterwards: timer and handler restored, sympy not left half-imported
+    assert grade(r"\boxed{2}", "2")
+    assert grade_detail(r"\boxed{\frac{1}{2}}", "0.5").method == "math-verify"
+
+
+def test_damaged_process_falls_back_to_the_helper_process(monkeypatch):
+    from longshort.evaluation import grading
+
+    monkeypatch.setitem(grading._STATE, "damaged", False)
+    monkeypatch.setattr(grading, "_healthy", lambda: False)  # as if the timeout broke sympy here
+    assert grade_detail(PATHOLOGICAL, "5", timeout=0.3).method == "timeout"
+    assert grading._STATE["damaged"] is True
+    monkeypatch.undo()
+    monkeypatch.setitem(grading._STATE, "damaged", True)
+    assert not grading._can_use_signals()
+    res = grade_detail(r"\boxed{\frac{1}{2}}", "0.5")   # graded in the helper process
+    assert res.correct and res.method == "math-verify"
 
 
 def test_grading_and_timeout_in_a_worker_thread():

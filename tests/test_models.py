@@ -167,3 +167,12 @@ def test_embedded_smollm2_answers_and_reloads_fast():
     assert answer and "5" in answer
     # the embedded GGUF given as a file spec maps to the same cached copy
     assert models.resolve_model_path(str(models.embedded_gguf_path())) == models.resolve_model_path("smollm2-135m")
+
+
+def test_broken_local_model_and_missing_gpu_are_clear_errors(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "llama"')  # truncated JSON
+    with pytest.raises(LongshortError, match=f"from {tmp_path}"):
+        models.load_model(str(tmp_path), device="cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(LongshortError, match="no CUDA GPU"):
+            models.load_model("tiny-random", device="cuda")

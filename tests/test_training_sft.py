@@ -42,7 +42,7 @@ def _write(path: Path, recs) -> Path:
 
 def _config(tmp_path, data, **kw) -> SFTRunConfig:
     base = dict(role="long", data=str(data), model="tiny-random", out=str(tmp_path / "out"), max_steps=2,
-                batch_size=2, report_to="none", save_steps=1, logging_steps=1, max_length=512)
+                batch_size=2, report_to="none", save_steps=1, logging_steps=1, max_length=512, lr=1e-3, warmup=0)
     return SFTRunConfig(**(base | kw))
 
 
@@ -143,3 +143,14 @@ def test_cli_reports_errors_on_one_line(tmp_path, capsys):
     code = main(["sft", "--role", "middle", "--data", str(empty), "--model", "tiny-random",
                  "--out", str(tmp_path / "o")])
     assert code == 1 and "--role" in capsys.readouterr().err
+
+
+def test_lora_run_saves_merged_plain_model(tmp_path):
+    data = _write(tmp_path / "short.jsonl", _records(role="short"))
+    out = Path(run_sft(_config(tmp_path, data, role="short", lora=True, max_steps=1, lora_r=4)))
+    assert not (out / "adapter_config.json").exists()  # merged: a plain transformers directory
+    model, _ = load_model(str(out), device="cpu")
+    base, _ = load_model("tiny-random", device="cpu")
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    base_params = dict(base.named_parameters())
+    assert any(not torch.equal(p, base_params[n]) for n, p in model.named_parameters())

@@ -34,7 +34,7 @@ from longshort.evaluation.benchmarks import load_benchmark
 from longshort.evaluation.grading import GradingConfig, grade_detail
 from longshort.evaluation.metrics import aes_against, summarize
 from longshort.evaluation.report import render_report
-from longshort.io import ResumableWriter, write_json_atomic, write_text_atomic
+from longshort.io import ReadStats, ResumableWriter, write_json_atomic, write_text_atomic
 
 PASSTHROUGH = ("answer", "choices", "benchmark", "grading", "subject", "level")
 # Fields of config.json that must match when a run directory is resumed.
@@ -64,6 +64,8 @@ class EvalConfig(BaseModel):
     data_dir: str | None = Field(None, description="Benchmark data directory (None: $LONGSHORT_DATA, "
                                                    "else ../shared/benchmarks when it exists).")
     seed: int = Field(0, description="Base seed of sampling and of GPQA's choice order (0: reproducible).")
+    skip_bad: bool = Field(False, description="Skip (and count) bad benchmark records instead of stopping "
+                                              "(off: a bad record stops the run before any work is wasted).")
     interval: Literal["normal", "bootstrap"] = Field(
         "normal", description="95% interval of Pass@1: normal approximation over problems (default, "
                               "cheap) or percentile bootstrap over problems.")
@@ -174,7 +176,9 @@ def run_eval(config: EvalConfig, out_dir: str | Path, *, resume: bool = True, pr
     cfg.collab = cfg.collab.model_copy(update={"samples": cfg.samples, "seed": cfg.seed})
     out = Path(out_dir)
     # 1. everything checkable without a model, before anything is written
-    problems = load_benchmark(cfg.benchmark, data_dir=cfg.data_dir, limit=cfg.limit, seed=cfg.seed)
+    read_stats = ReadStats()
+    problems = load_benchmark(cfg.benchmark, data_dir=cfg.data_dir, limit=cfg.limit, seed=cfg.seed,
+                              skip_bad=cfg.skip_bad, stats=read_stats)
     benchmark_name = problems[0]["benchmark"]
     baseline = None
     if cfg.baseline_dir:
@@ -225,6 +229,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path, *, resume: bool = True, pr
                    "short": cfg.short_model if cfg.mode != "long" else None},
         **summarize(records, method=cfg.interval),
         "complete": len(records) >= expected,
+        "skipped_bad_records": read_stats.skipped,
     }
     if baseline is not None:
         metrics["aes"] = {**aes_against(metrics, baseline), "baseline_dir": str(cfg.baseline_dir),

@@ -345,7 +345,10 @@ def _cached_snapshot(repo_id: str) -> str:
             f"directory; {SPEC_HELP}") from exc
 
 
-def _hub_error(spec: str, exc: Exception) -> LongshortError:
+def _hub_error(spec: str, exc: Exception, where: str | None = None) -> LongshortError:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    if where is not None and Path(where).is_dir():
+        return LongshortError(f"could not load model {spec!r} from {where}: {type(exc).__name__}: {first}")
     return LongshortError(
         f"could not load model {spec!r}: not a local directory, and loading it from the Hugging Face "
         f"Hub failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
@@ -363,7 +366,7 @@ def load_tokenizer(spec: str) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError) as exc:
-        raise _hub_error(spec, exc) from exc
+        raise _hub_error(spec, exc, where) from exc
     return _finish_tokenizer(tok)
 
 
@@ -396,15 +399,17 @@ def load_model(spec: str, *, dtype: Any = None, device: str | None = None) -> tu
     import torch
     from transformers import AutoModelForCausalLM
 
-    where = resolve_model_path(spec)
     device = device or default_device()
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise LongshortError(f"device {device!r} requested but no CUDA GPU is visible; use --device cpu")
+    where = resolve_model_path(spec)
     dt = _torch_dtype(dtype)
     if dt is None:
         dt = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     try:
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dt)
     except (OSError, ValueError) as exc:
-        raise _hub_error(spec, exc) from exc
+        raise _hub_error(spec, exc, where) from exc
     tok = _finish_tokenizer(_auto_tokenizer(where, spec))
     model.to(device)
     model.eval()
@@ -419,4 +424,4 @@ def _auto_tokenizer(where: str, spec: str) -> Any:
     try:
         return AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError) as exc:
-        raise _hub_error(spec, exc) from exc
+        raise _hub_error(spec, exc, where) from exc

@@ -44,6 +44,7 @@ def eval_command(
     seed: Annotated[int | None, typer.Option(help="Base seed (default: 0)")] = None,
     grading_timeout: Annotated[float | None, typer.Option(min=0.01, help="Seconds to grade one answer (default: 5)")] = None,
     interval: Annotated[str | None, typer.Option(help="Pass@1 interval: normal or bootstrap (default: normal)")] = None,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip and count bad benchmark records instead of stopping")] = False,
     resume: Annotated[bool, typer.Option(help="Skip records already in predictions.jsonl")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
@@ -58,7 +59,7 @@ def eval_command(
         "benchmark": benchmark, "mode": mode, "samples": samples, "limit": limit,
         "long_model": long, "short_model": short, "engine": engine, "base_url": base_url,
         "data_dir": str(data_dir) if data_dir else None, "seed": seed, "interval": interval,
-        "baseline_dir": str(baseline) if baseline else None}.items() if v is not None}
+        "baseline_dir": str(baseline) if baseline else None, "skip_bad": skip_bad or None}.items() if v is not None}
     collab = {k: v for k, v in {"max_new_tokens_long": max_new_tokens, "max_new_tokens_short": max_new_tokens,
                                  "max_turns": max_turns, "temperature": temperature}.items() if v is not None}
     try:
@@ -76,6 +77,8 @@ def eval_command(
     if m.get("aes") and m["aes"].get("aes") is not None:
         line += f"; AES {m['aes']['aes']:.3f}"
     print(line)
+    if m.get("skipped_bad_records"):
+        print(f"skipped {m['skipped_bad_records']} bad benchmark records (--skip-bad)")
     print(f"wrote {out}/predictions.jsonl, metrics.json, report.md")
 
 

@@ -37,13 +37,30 @@ def make_engine(model: str, engine: str = "transformers", *, base_url: str | Non
     if kind == "transformers":
         from longshort.engines.hf import HFEngine
 
+        _check_options(kind, kwargs, _init_options(HFEngine))
         return HFEngine(model, **kwargs)
     if kind == "openai":
         if not base_url:
             raise LongshortError("engine 'openai' needs a base URL (e.g. --base-url http://127.0.0.1:8000/v1)")
-        from longshort.engines.openai import OpenAIEngine
+        from longshort.engines.openai import OpenAIEngine, OpenAIEngineConfig
 
+        _check_options(kind, kwargs, set(OpenAIEngineConfig.model_fields) - {"base_url"} | {"config"})
         return OpenAIEngine(model, base_url=base_url, **kwargs)
-    from longshort.engines.vllm import VLLMEngine
+    from longshort.engines.vllm import VLLMEngine, VLLMEngineConfig
 
+    _check_options(kind, kwargs, set(VLLMEngineConfig.model_fields) | {"config"})
     return VLLMEngine(model, **kwargs)
+
+
+def _init_options(cls: type) -> set[str]:
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    return {n for n, p in params.items() if p.kind == p.KEYWORD_ONLY}
+
+
+def _check_options(kind: str, kwargs: dict[str, Any], accepted: set[str]) -> None:
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise LongshortError(f"engine {kind!r} does not take option(s) {', '.join(unknown)}; "
+                             f"it takes: {', '.join(sorted(accepted))}")

@@ -175,6 +175,8 @@ class OpenAIEngine(Engine):
                 count = total // len(choices) + (1 if ch is choices[0] and total % len(choices) else 0)
                 if len(choices) > 1:
                     log.info("server gave no per-choice token counts; splitting usage evenly")
+            elif self.config.tokenizer is not None:
+                count = self.count_tokens(text or "")  # no usage from the server: count locally
             else:
                 count = 0
             stop = ch.get("stop_reason")
@@ -201,18 +203,20 @@ class OpenAIEngine(Engine):
         if not requests:
             return []
         workers = min(self.config.concurrency, len(requests))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai") as pool, \
-                tqdm(total=sum(r.params.n for r in requests), disable=not progress, desc="generate",
-                     unit="sample", leave=False) as bar:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai")
+        bar = tqdm(total=sum(r.params.n for r in requests), disable=not progress, desc="generate",
+                   unit="sample", leave=False)
+        ok = False
+        try:
             futures = {pool.submit(self._one, r): i for i, r in enumerate(requests)}
-            try:
-                for fut in as_completed(futures):
-                    results[futures[fut]] = fut.result()
-                    bar.update(requests[futures[fut]].params.n)
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+            for fut in as_completed(futures):
+                results[futures[fut]] = fut.result()
+                bar.update(requests[futures[fut]].params.n)
+            ok = True
+        finally:
+            bar.close()
+            # on failure, do not wait for the other requests' retries: cancel what has not started
+            pool.shutdown(wait=ok, cancel_futures=not ok)
         return results  # type: ignore[return-value]
 
     # -- tokens -----------------------------------------------------------------------------

@@ -16,17 +16,19 @@ Where the data comes from, in order:
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import json
 import os
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from longshort.errors import InputError, LongshortError
-from longshort.io import read_jsonl
+from longshort.io import ReadStats
 
 Grading = Literal["math", "choice"]
 LETTERS = "ABCDEFGHIJ"
@@ -186,57 +188,109 @@ def _answer_letter(rec: dict[str, Any], choices: list[str], path: str, line: int
                      path=path, line=line, field="answer")
 
 
-def _finish_records(raw: list[dict[str, Any]], *, benchmark: str, grading: Grading,
-                    shuffle: bool, seed: int, path: str, prepare=None,
-                    extra_fields: tuple[str, ...] = ("subject", "level", "solution")) -> list[dict[str, Any]]:
-    """Turn validated raw records into benchmark records (ids, string answers, lettered choices)."""
+def _finish_one(rec: dict[str, Any], line: int, *, benchmark: str, grading: Grading, shuffle: bool,
+                seed: int, path: str, prepare, extra_fields: tuple[str, ...]) -> dict[str, Any]:
+    """One validated raw record → a benchmark record (id, string answer, lettered choices)."""
+    for name in ("problem", "answer"):
+        value = rec.get(name)
+        if value is None or not str(value).strip():
+            raise InputError("missing or empty", path=path, line=line, field=name)
+    rec = dict(rec)
+    if prepare is not None:
+        rec = prepare(rec)
+    rid = str(rec.get("id", f"{benchmark}-{line - 1}"))
+    answer = str(rec["answer"]).strip()
+    if not answer:
+        raise InputError("missing or empty", path=path, line=line, field="answer")
+    item: dict[str, Any] = {"id": rid, "problem": str(rec["problem"]), "answer": answer,
+                            "benchmark": benchmark, "grading": grading}
+    choices = rec.get("choices")
+    if choices is not None:
+        if not isinstance(choices, list) or not 2 <= len(choices) <= len(LETTERS) or not all(
+                isinstance(c, str | int | float) and str(c).strip() for c in choices):
+            raise InputError(f"expected a list of 2-{len(LETTERS)} non-empty strings",
+                             path=path, line=line, field="choices")
+        choices = [str(c).strip() for c in choices]
+        gold = _answer_letter(rec, choices, path, line)
+        if shuffle and seed != 0:
+            choices, gold = shuffle_choices(choices, gold, benchmark=benchmark, seed=seed, rid=rid)
+        item["question"] = item["problem"]
+        item["problem"] = format_choice_problem(item["problem"], choices)
+        item["choices"] = choices
+        item["answer"] = LETTERS[gold]
+        item["grading"] = "choice"
+    for key in extra_fields:
+        if rec.get(key) is not None:
+            item[key] = rec[key]
+    return item
+
+
+def _finish_records(raw: Iterable[tuple[int, dict[str, Any] | InputError]], *, benchmark: str,
+                    grading: Grading, shuffle: bool, seed: int, path: str, prepare=None,
+                    extra_fields: tuple[str, ...] = ("subject", "level", "solution"),
+                    skip_bad: bool = False, stats: ReadStats | None = None) -> list[dict[str, Any]]:
+    """Validate and convert (line, raw record) pairs; a bad one raises `InputError` naming the
+    file, line and field, or with `skip_bad` is skipped and counted in `stats`."""
+    stats = stats if stats is not None else ReadStats()
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for i, rec in enumerate(raw):
-        line = i + 1
-        rec = dict(rec)
-        if prepare is not None:
-            rec = prepare(rec)
-        rid = str(rec.get("id", f"{benchmark}-{i}"))
-        if rid in seen:
-            raise InputError(f"duplicate id {rid!r}", path=path, line=line, field="id")
-        seen.add(rid)
-        answer = str(rec["answer"]).strip()
-        if not answer:
-            raise InputError("missing or empty", path=path, line=line, field="answer")
-        item: dict[str, Any] = {"id": rid, "problem": str(rec["problem"]), "answer": answer,
-                                "benchmark": benchmark, "grading": grading}
-        choices = rec.get("choices")
-        if choices is not None:
-            if not isinstance(choices, list) or not 2 <= len(choices) <= len(LETTERS) or not all(
-                    isinstance(c, str | int | float) and str(c).strip() for c in choices):
-                raise InputError(f"expected a list of 2-{len(LETTERS)} non-empty strings",
-                                 path=path, line=line, field="choices")
-            choices = [str(c).strip() for c in choices]
-            gold = _answer_letter(rec, choices, path, line)
-            if shuffle and seed != 0:
-                choices, gold = shuffle_choices(choices, gold, benchmark=benchmark, seed=seed, rid=rid)
-            item["question"] = item["problem"]
-            item["problem"] = format_choice_problem(item["problem"], choices)
-            item["choices"] = choices
-            item["answer"] = LETTERS[gold]
-            item["grading"] = "choice"
-        for key in extra_fields:
-            if rec.get(key) is not None:
-                item[key] = rec[key]
+    for line, rec in raw:
+        try:
+            if isinstance(rec, InputError):
+                raise rec
+            item = _finish_one(rec, line, benchmark=benchmark, grading=grading, shuffle=shuffle, seed=seed,
+                               path=path, prepare=prepare, extra_fields=extra_fields)
+            if item["id"] in seen:
+                raise InputError(f"duplicate id {item['id']!r}", path=path, line=line, field="id")
+        except InputError as err:
+            if not skip_bad:
+                raise
+            stats.skipped += 1
+            stats.reasons.append(str(err))
+            continue
+        seen.add(item["id"])
+        stats.read += 1
         out.append(item)
+    if not out:
+        raise InputError("no records" + (" (empty file)" if not stats.skipped else
+                                         f" left after skipping {stats.skipped} bad ones"), path=path)
     return out
 
 
-def _load_jsonl(path: Path, *, benchmark: str, spec: BenchmarkSpec | None, seed: int) -> list[dict]:
-    raw = read_jsonl(path, required=["problem", "answer"])
-    if not raw:
-        raise InputError("no records (empty file)", path=str(path))
+def _read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | InputError]]:
+    """(line number, record) for each non-blank line; a line that is not a JSON object comes
+    back as an InputError so the caller can raise it or skip it."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as fh:
+            for lineno, text in enumerate(fh, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    rec = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    yield lineno, InputError(f"malformed JSON ({exc.msg}, column {exc.colno})",
+                                             path=str(path), line=lineno)
+                    continue
+                if not isinstance(rec, dict):
+                    yield lineno, InputError(f"expected a JSON object, got {type(rec).__name__}",
+                                             path=str(path), line=lineno)
+                    continue
+                yield lineno, rec
+    except (OSError, UnicodeDecodeError, EOFError) as exc:
+        raise InputError(f"cannot read ({type(exc).__name__}: {exc})", path=str(path)) from None
+
+
+def _load_jsonl(path: Path, *, benchmark: str, spec: BenchmarkSpec | None, seed: int,
+                skip_bad: bool = False, stats: ReadStats | None = None) -> list[dict]:
+    if path.is_dir():
+        raise InputError("is a directory, expected a JSONL file", path=str(path))
     return _finish_records(
-        raw, benchmark=benchmark, grading=spec.grading if spec else "math",
+        _read_lines(path), benchmark=benchmark, grading=spec.grading if spec else "math",
         shuffle=spec.shuffle_choices if spec else False, seed=seed, path=str(path),
         prepare=spec.prepare if spec else None,
-        extra_fields=spec.extra_fields if spec else ("subject", "level", "solution"))
+        extra_fields=spec.extra_fields if spec else ("subject", "level", "solution"),
+        skip_bad=skip_bad, stats=stats)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -252,7 +306,8 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _load_hub(source: HubSource, *, benchmark: str, spec: BenchmarkSpec | None, seed: int) -> list[dict]:
+def _load_hub(source: HubSource, *, benchmark: str, spec: BenchmarkSpec | None, seed: int,
+              skip_bad: bool = False, stats: ReadStats | None = None) -> list[dict]:
     """Load a hub dataset through `datasets`; a clear error when offline or missing."""
     try:
         import datasets
@@ -274,26 +329,19 @@ def _load_hub(source: HubSource, *, benchmark: str, spec: BenchmarkSpec | None, 
             f"cannot load {where} ({type(exc).__name__}: {msg[:200]}); hub datasets need network "
             f"access, or put the JSONL file in the data directory (--data-dir / ${ENV_DATA_DIR})"
         ) from None
-    raw = []
+    raw: list[tuple[int, dict[str, Any]]] = []
     for i, row in enumerate(ds):
-        problem = row.get(source.problem_field) or row.get("problem") or row.get("question")
-        answer = row.get(source.answer_field)
-        if problem is None or answer is None or not str(answer).strip():
-            missing = source.problem_field if problem is None else source.answer_field
-            raise InputError("missing or empty", path=where, line=i + 1, field=missing)
         rec = dict(row)
-        rec["problem"], rec["answer"] = problem, answer
+        rec["problem"] = row.get(source.problem_field) or row.get("problem") or row.get("question")
+        rec["answer"] = row.get(source.answer_field)
+        if spec is None and "####" in str(rec["answer"]):
+            rec["answer"] = gsm8k_final_answer(str(rec["answer"]))
         if "id" not in rec:
             rec["id"] = str(row.get("unique_id") or f"{benchmark}-{i}")
-        raw.append(rec)
-    if not raw:
-        raise InputError("no records", path=where)
-    if spec is None and "####" in str(raw[0]["answer"]):
-        for rec in raw:
-            rec["answer"] = gsm8k_final_answer(str(rec["answer"]))
+        raw.append((i + 1, rec))
     return _finish_records(raw, benchmark=benchmark, grading=spec.grading if spec else "math",
                            shuffle=spec.shuffle_choices if spec else False, seed=seed, path=where,
-                           prepare=spec.prepare if spec else None)
+                           prepare=spec.prepare if spec else None, skip_bad=skip_bad, stats=stats)
 
 
 def parse_hub_name(name: str) -> HubSource:
@@ -318,25 +366,30 @@ def benchmark_spec(name: str) -> BenchmarkSpec | None:
 
 
 def load_benchmark(name_or_path: str, *, data_dir: str | os.PathLike | None = None,
-                   limit: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+                   limit: int | None = None, seed: int = 0, skip_bad: bool = False,
+                   stats: ReadStats | None = None) -> list[dict[str, Any]]:
     """Load a benchmark as records `{id, problem, answer, benchmark, grading, choices?, ...}`.
 
     `name_or_path`: a registered name (see `known_benchmarks()`), a JSONL path, or
     `hub:DATASET[:CONFIG][@SPLIT]`. `limit` keeps the first N problems (source order).
     `seed` orders multiple-choice options for benchmarks that shuffle them (GPQA).
+    A bad record raises `InputError` (file, line, field); with `skip_bad` it is skipped and
+    counted in `stats` (a `ReadStats`).
     """
     if limit is not None and limit < 1:
         raise InputError(f"limit must be >= 1, got {limit}", field="limit")
     spec = benchmark_spec(name_or_path)
     if spec is not None:
-        records = _load_registered(spec, data_dir=data_dir, seed=seed)
+        records = _load_registered(spec, data_dir=data_dir, seed=seed, skip_bad=skip_bad, stats=stats)
     elif name_or_path.startswith("hub:"):
-        records = _load_hub(parse_hub_name(name_or_path), benchmark=name_or_path, spec=None, seed=seed)
+        records = _load_hub(parse_hub_name(name_or_path), benchmark=name_or_path, spec=None, seed=seed,
+                            skip_bad=skip_bad, stats=stats)
     elif _looks_like_path(name_or_path):
         path = Path(name_or_path).expanduser()
         if not path.exists():
             raise InputError("benchmark file not found", path=str(path))
-        records = _load_jsonl(path, benchmark=_path_benchmark_name(path), spec=None, seed=seed)
+        records = _load_jsonl(path, benchmark=_path_benchmark_name(path), spec=None, seed=seed,
+                              skip_bad=skip_bad, stats=stats)
     else:
         raise InputError(
             f"unknown benchmark {name_or_path!r}; known: {', '.join(known_benchmarks())}; "
@@ -355,16 +408,18 @@ def _path_benchmark_name(path: Path) -> str:
     return name
 
 
-def _load_registered(spec: BenchmarkSpec, *, data_dir, seed: int) -> list[dict[str, Any]]:
+def _load_registered(spec: BenchmarkSpec, *, data_dir, seed: int, skip_bad: bool = False,
+                     stats: ReadStats | None = None) -> list[dict[str, Any]]:
     root = resolve_data_dir(data_dir)
     if root is not None and (root / spec.filename).exists():
-        return _load_jsonl(root / spec.filename, benchmark=spec.name, spec=spec, seed=seed)
+        return _load_jsonl(root / spec.filename, benchmark=spec.name, spec=spec, seed=seed,
+                           skip_bad=skip_bad, stats=stats)
     looked = str(root / spec.filename) if root is not None else (
         f"no data directory (use --data-dir or ${ENV_DATA_DIR}; ../shared/benchmarks not found)")
     if spec.hub is None:
         raise InputError(f"benchmark file for {spec.name!r} not found and it has no hub copy",
                          path=looked)
     try:
-        return _load_hub(spec.hub, benchmark=spec.name, spec=spec, seed=seed)
+        return _load_hub(spec.hub, benchmark=spec.name, spec=spec, seed=seed, skip_bad=skip_bad, stats=stats)
     except LongshortError as exc:
         raise LongshortError(f"benchmark {spec.name!r}: file not found ({looked}) and {exc}") from None

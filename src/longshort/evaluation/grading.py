@@ -188,6 +188,8 @@ _CONNECTIVES = {"and", "or", "if", "for", "where", "when", "to", "is", "otherwis
 def _drop_unit(m: re.Match) -> str:
     """A `\\text{word}` (plus a `^2`) is a unit unless it is a connective like "and"."""
     return m.group(0) if m.group(1).strip().lower() in _CONNECTIVES else ""
+
+
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:(?:,|\{,\})\d{3})+(?:\.\d+)?")
 _TRAILING_UNITS = re.compile(
     r"^([^a-zA-Z\\]*\d[^a-zA-Z\\]*?)\s+(?:[a-zA-Z]{2,}\.?\s*){1,3}(?:\^\{?\d\}?)?$")
@@ -271,11 +273,12 @@ def extract_choice(text: str, choices: list[str] | None = None) -> str | None:
         letter = as_letter(boxed)
         if letter:
             return letter
-    for m in reversed(list(re.finditer(
-            r"(?:answer|choice|option)\s*(?:is|:)?\s*:?\s*\**\(?([A-J])\)?(?![A-Za-z])", text,
-            re.IGNORECASE))):
-        if m.group(1).upper() in valid:
-            return m.group(1).upper()
+    # "the answer is (C)" outranks "option B"; the letter itself must be upper case ("answer is a …")
+    for word in ("answer", "choice|option"):
+        for m in reversed(list(re.finditer(
+                rf"(?i:{word})\s*(?:(?i:is)|:)?\s*:?\s*\**\(?([A-J])\)?(?![A-Za-z])", text))):
+            if m.group(1) in valid:
+                return m.group(1)
     whole = as_letter(text.strip())
     if whole:
         return whole
@@ -344,12 +347,42 @@ class _Deadline(BaseException):
     """Raised by our SIGALRM handler; BaseException so `except Exception` cannot swallow it."""
 
 
+# An exception raised asynchronously in the middle of a lazy import (sympy imports parts of
+# itself on first use) leaves that module half-initialised and breaks every later parse in this
+# process. So: (1) all lazy imports are done once, with no deadline armed, before the first
+# deadline (`_warm_up`); (2) after any timeout a health check runs, and if this process is
+# damaged anyway, the rest of its grading goes to a fresh helper process.
+_STATE = {"warm": False, "damaged": False}
+_WARM_UP_PAIRS = [(r"\frac{1}{2}", "0.5"), ("x = 3", "3"), (r"[-2, 7]", r"(-\infty, 0) \cup (0, \infty)"),
+                  (r"\{1, 2\}", r"(1, 2)"), (r"2\sqrt{3}", r"\sqrt{12}"), (r"2^{2^{5}}", "5"),
+                  (r"\text{Evelyn}", r"50\%"), (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"3\pi i")]
+
+
+def _warm_up() -> None:
+    if not _STATE["warm"]:
+        for a, b in _WARM_UP_PAIRS:
+            _math_verify_equal(a, b, 6)
+        _STATE["warm"] = True
+
+
+def _healthy() -> bool:
+    """Does math-verify still work in this process? (uncached: the cache may hold bad parses)"""
+    from math_verify import parse, verify
+
+    try:
+        return bool(verify(parse("$0.5$", parsing_timeout=None), parse(r"$\frac{1}{2}$", parsing_timeout=None),
+                           timeout_seconds=None))
+    except Exception:
+        return False
+
+
 def _can_use_signals() -> bool:
-    return (threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
-            and signal.getitimer(signal.ITIMER_REAL)[0] == 0)
+    return (not _STATE["damaged"] and threading.current_thread() is threading.main_thread()
+            and hasattr(signal, "setitimer") and signal.getitimer(signal.ITIMER_REAL)[0] == 0)
 
 
 def _grade_with_signal(args: tuple, timeout: float) -> GradeResult:
+    _warm_up()
     fired = False
 
     def handler(signum, frame):
@@ -367,6 +400,9 @@ def _grade_with_signal(args: tuple, timeout: float) -> GradeResult:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
     if result is None or fired:
+        if not _healthy():
+            _parse.cache_clear()
+            _STATE["damaged"] = True
         return GradeResult(False, extract_answer(args[0]) if not args[2] else None, "timeout")
     return result
 
@@ -385,6 +421,8 @@ def _worker_stdio() -> None:  # pragma: no cover - runs in the helper process
         result = _grade_with_signal(tuple(msg["args"]), float(msg["timeout"]))
         out.write(json.dumps(result.to_dict()) + "\n")
         out.flush()
+        if _STATE["damaged"]:
+            return  # this helper's sympy is damaged: exit, the parent starts a fresh one
 
 
 class _WorkerGrader:
