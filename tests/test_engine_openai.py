@@ -227,6 +227,19 @@ def test_requests_run_concurrently_and_keep_their_order(server):
     assert state.max_in_flight >= 4 and elapsed < 8 * 0.3 / 2
 
 
+def test_a_failing_request_does_not_wait_for_the_rest(server):
+    state, url = server
+    state.delay = 1.0
+    eng = OpenAIEngine("m", base_url=url, concurrency=2)
+    bad = GenerationRequest(messages=msg("bad"), params=SamplingParams(max_new_tokens=20_000))
+    slow = [GenerationRequest(messages=msg(f"s{i}"), params=SamplingParams(max_new_tokens=9)) for i in range(10)]
+    t0 = time.perf_counter()
+    with pytest.raises(LongshortError, match="HTTP 400"):
+        eng.generate([bad, *slow])
+    assert time.perf_counter() - t0 < 3.0  # not the ~5 s the queued slow requests would take
+    time.sleep(1.2)  # let the one in-flight slow request finish before the next test resets state
+
+
 def test_unreachable_server_is_a_clear_error_naming_the_url():
     port = free_port()  # nothing listens there
     eng = make_engine("m", "openai", base_url=f"http://127.0.0.1:{port}", max_retries=1, backoff=0.01)

@@ -192,6 +192,21 @@ def test_run_eval_library_call_with_prebuilt_engine(tmp_path, shared_dir):
                      collab={"max_new_tokens_long": 4, "max_new_tokens_short": 4, "max_turns": 1})
     m = run_eval(cfg, tmp_path / "lib", engines=(engine, engine), progress=False, command="test")
     assert m["records"] == 2 and m["benchmark"] == "amc23" and m["command"] == "test"
+    assert cfg.collab.samples == 1 and cfg.collab.max_turns == 1  # the caller's config is not mutated
+    (tmp_path / "lib" / "predictions.jsonl").write_text("", encoding="utf-8")
+    m2 = run_eval(cfg.model_copy(update={"limit": 1}), tmp_path / "lib", engines=(engine, engine),
+                  progress=False, resume=False)
+    assert m2["records"] == 1 and len(_lines(tmp_path / "lib" / "predictions.jsonl")) == 1
+
+
+def test_failed_model_load_with_no_resume_damages_nothing(base_run, shared_dir, capsys):
+    before = _snapshot(base_run)
+    rc = cli("eval", "--benchmark", "gsm8k", "--samples", "2", "--limit", "3", "--out", base_run, "--no-resume",
+             "--data-dir", shared_dir / "benchmarks", "--long", str(base_run / "no-such-model"),
+             "--short", "tiny-random", "--no-progress")
+    assert rc == 1
+    assert capsys.readouterr().err.startswith("error: ")
+    assert _snapshot(base_run) == before
 
 
 @pytest.mark.slow

@@ -284,3 +284,37 @@ def test_partner_server_dropping_mid_run_is_a_clear_error_and_keeps_checkpoints(
         server.stop()
     run = json.loads((out / "iter0_long" / "longshort_run.json").read_text())
     assert run["metrics"]["resumed_from"].endswith("checkpoint-1") and run["metrics"]["global_step"] == 2
+
+
+def test_rl_cli_errors_are_one_line(tmp_path, problems_file, capsys):
+    from longshort.cli import main
+
+    args = ["rl", "--long", "tiny-random", "--short", "tiny-random", "--data", str(problems_file),
+            "--out", str(tmp_path / "o"), "--report-to", "none"]
+    assert main(args + ["--first", "middle"]) == 1
+    assert main(args + ["--format-weight", "2"]) == 1
+    assert main(args + ["--num-generations", "3", "--batch-size", "4", "--max-steps", "1"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 3
+    assert "--first" in err[0] and "must exceed format_weight" in err[1] and "multiple of num_generations" in err[2]
+    assert not (tmp_path / "o" / "iter0_long").exists()
+
+
+@pytest.mark.slow
+def test_embedded_model_trains_sft_then_rl(tmp_path, problems_file):
+    """The embedded SmolLM2 (converted from GGUF) trains with both stages and stays loadable."""
+    from longshort.dialogue.protocol import render_input
+    from longshort.training.sft import SFTRunConfig, run_sft
+
+    messages, prefix = render_input("long", "What is 2+2?", [])
+    data = tmp_path / "long.jsonl"
+    data.write_text(json.dumps({"role": "long", "prompt": messages, "assistant_prefix": prefix,
+                                "completion": "<think>\n2 plus 2 is 4.\n</think>"}) + "\n")
+    sft_out = run_sft(SFTRunConfig(role="long", data=str(data), model="smollm2-135m", out=str(tmp_path / "sft"),
+                                   max_steps=1, batch_size=1, report_to="none", max_length=512))
+    cfg = RLRunConfig(long=sft_out, short="smollm2-135m", data=str(problems_file), out=str(tmp_path / "rl"),
+                      iterations=1, max_steps=1, num_generations=2, batch_size=2, report_to="none",
+                      dialogue=CollabConfig(max_turns=1, max_new_tokens_long=8, max_new_tokens_short=8))
+    run_rl(cfg)
+    model, _ = load_model(str(tmp_path / "rl" / "iter0_long"), device="cpu")
+    assert getattr(model.config, "quantization_config", None) is None

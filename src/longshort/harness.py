@@ -172,8 +172,8 @@ def run_eval(config: EvalConfig, out_dir: str | Path, *, resume: bool = True, pr
     otherwise they are built from the config with `longshort.engines.make_engine`.
     """
     t0 = time.perf_counter()
-    cfg = config
-    cfg.collab = cfg.collab.model_copy(update={"samples": cfg.samples, "seed": cfg.seed})
+    cfg = config.model_copy(update={"collab": config.collab.model_copy(
+        update={"samples": config.samples, "seed": config.seed})})
     out = Path(out_dir)
     # 1. everything checkable without a model, before anything is written
     read_stats = ReadStats()
@@ -191,18 +191,21 @@ def run_eval(config: EvalConfig, out_dir: str | Path, *, resume: bool = True, pr
         raise InputError("output path exists and is not a directory", path=str(out))
     _check_run_dir(out, cfg, resume)
 
-    # 2. run
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json", cfg.model_dump())
-    writer = ResumableWriter(out / "predictions.jsonl", resume=resume)
+    # 2. run (engines are built before anything old is replaced: a failed load damages nothing)
     solve_input = [{"id": p["id"], "problem": p["problem"], **{k: p[k] for k in PASSTHROUGH if k in p}}
                    for p in problems]
     ids = {p["id"] for p in problems}
     expected = len(problems) * cfg.samples
-    todo = expected - sum(1 for r in writer.records if str(r.get("problem_id")) in ids)
+    pred_path = out / "predictions.jsonl"
+    writer = ResumableWriter(pred_path, resume=True) if resume and pred_path.exists() else None
+    todo = expected - (sum(1 for r in writer.records if str(r.get("problem_id")) in ids) if writer else 0)
     owned = engines is None and todo > 0
     long_engine, short_engine = engines if engines is not None else (
         _build_engines(cfg) if todo > 0 else (None, None))
+    out.mkdir(parents=True, exist_ok=True)
+    if writer is None:
+        writer = ResumableWriter(pred_path, resume=resume)
+    write_json_atomic(out / "config.json", cfg.model_dump())
     try:
         if todo > 0:
             with writer:

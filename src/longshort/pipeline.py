@@ -167,16 +167,16 @@ def run_pipeline(config_path: str | os.PathLike, out_dir: str | os.PathLike | No
             continue
         write_json_atomic(out / stage.name / STARTED, {"stage": stage.name, "fingerprint": fp})
         console.rule(f"[{i}/{len(STAGES)}] {stage.name}: {stage.description}")
-        t0 = time.time()
+        t0, c0 = time.time(), _cpu_seconds()
         summary = stage.run(ctx)
-        seconds = time.time() - t0
+        seconds, cpu = time.time() - t0, _cpu_seconds() - c0
         ctx.summaries[stage.name] = summary
-        write_json_atomic(done_path, {"stage": stage.name, "seconds": round(seconds, 2), "fingerprint": fp,
-                                      "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        write_json_atomic(done_path, {"stage": stage.name, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
+                                      "fingerprint": fp, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                       "summary": summary})
-        manifest["stages"][stage.name] = {"seconds": round(seconds, 2)}
+        manifest["stages"][stage.name] = {"seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2)}
         write_json_atomic(manifest_path, manifest)
-        console.print(f"  {stage.name} finished in {seconds:.1f} s")
+        console.print(f"  {stage.name} finished in {seconds:.1f} s ({cpu:.0f} CPU-seconds)")
     manifest["total_seconds_this_invocation"] = round(time.time() - t_all, 2)
     write_json_atomic(manifest_path, manifest)
     return out
@@ -219,6 +219,14 @@ def _prepare_run_dir(out: Path, config: PipelineConfig) -> None:
         # a resumed run whose recipe changed only in ways no finished stage depends on: keep the old
         write_text_atomic(out / f"config.{int(time.time())}.previous.yaml", cfg_path.read_text())
     write_text_atomic(cfg_path, resolved)
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (accelerate-launched training)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _seed_everything(seed: int) -> None:

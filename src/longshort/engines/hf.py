@@ -95,7 +95,8 @@ def _is_oom(exc: BaseException) -> bool:
 
     if isinstance(exc, torch.OutOfMemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    msg = str(exc).lower()  # CUDA: "out of memory"; CPU allocator: "can't allocate memory"
+    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
 
 
 # ----------------------------------------------------------------------------- sampling

@@ -20,7 +20,10 @@ it off and enforce one deadline per graded item ourselves: in the main thread wi
 `signal.setitimer` (float seconds, an exception derived from BaseException so no
 `except Exception` inside sympy swallows it); in any other thread the item is graded in a
 persistent helper process that is killed and restarted when it overruns, so even a hang inside
-C code cannot stall a run. A timed-out item is graded wrong and flagged `timeout`.
+C code cannot stall a run. A timed-out item is graded wrong and flagged `timeout`. Because an
+exception raised in the middle of one of sympy's lazy imports would leave sympy half-imported,
+every lazy import is done once before the first deadline is armed, and after a timeout a health
+check runs; a damaged process sends the rest of its grading to a fresh helper process.
 """
 
 from __future__ import annotations
@@ -414,6 +417,7 @@ def _worker_stdio() -> None:  # pragma: no cover - runs in the helper process
 
     out = sys.stdout
     sys.stdout = sys.stderr  # only our protocol goes to the real stdout
+    _warm_up()  # before "ready": the parent's per-item wait must not include imports
     out.write("ready\n")
     out.flush()
     for line in sys.stdin:

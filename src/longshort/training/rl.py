@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from longshort.dialogue.collab import CollabConfig
 from longshort.dialogue.protocol import (
@@ -67,6 +67,7 @@ from longshort.training.common import (
     report_targets,
     write_done_marker,
 )
+from longshort.training.sft import save_final
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is "experimental" in TRL 1.x
@@ -119,6 +120,13 @@ class RLRunConfig(BaseModel):
                          "checkpoint")
     skip_bad: bool = Field(False, description="skip and count malformed problem records instead of stopping")
     seed: int = Field(0, description="seed of data order and sampling")
+
+    @model_validator(mode="after")
+    def _whole_groups(self) -> RLRunConfig:
+        if self.batch_size % self.num_generations:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of num_generations "
+                             f"({self.num_generations}): GRPO compares the dialogues of one problem")
+        return self
 
     def schedule(self) -> list[Role]:
         """The role trained in each iteration: first, other, first, ..."""
@@ -539,12 +547,6 @@ def make_trainer(config: RLRunConfig, role: Role, policy_spec: str, partner: Eng
                        processing_class=tok, rollout_func=rollout, peft_config=peft_config)
 
 
-def _save(trainer: Any, out_dir: Path, *, lora: bool) -> None:
-    from longshort.training.sft import save_final
-
-    save_final(trainer, out_dir, lora=lora)
-
-
 def run_rl(config: RLRunConfig, *, reward_funcs: list | None = None,
            reward_weights: list[float] | None = None) -> str:
     """Run the K alternating iterations; return `config.out`. ``OUT/iter{k}_{role}/`` holds each
@@ -583,7 +585,7 @@ def run_rl(config: RLRunConfig, *, reward_funcs: list | None = None,
             trainer = make_trainer(config, role, current[role], partner, ckpt_dir, problems,
                                    reward_funcs=reward_funcs, reward_weights=reward_weights)
             result = trainer.train(resume_from_checkpoint=ckpt)
-            _save(trainer, it_dir, lora=config.lora)
+            save_final(trainer, it_dir, lora=config.lora)
             if is_main_process():
                 metrics = {**result.metrics, "global_step": result.global_step, "wall_s": round(time.time() - started, 2), "resumed_from": ckpt,
                            "policy_init": current[role], "partner": current[OTHER[role]]}

@@ -91,8 +91,12 @@ def load_sft_records(path: str, role: str, *, skip_bad: bool = False) -> list[di
     record, or when no record is left."""
     stats = ReadStats()
     raw = read_jsonl(path, required=["prompt", "completion"], skip_bad=skip_bad, stats=stats)
+    # file line of each record (exact unless --skip-bad dropped malformed lines before it)
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        lines = [i for i, text in enumerate(fh, start=1) if text.strip()] if not (stats.skipped or str(path).endswith(".gz")) else []
     records, other_roles = [], {}
-    for line, rec in enumerate(raw, start=1):
+    for idx, rec in enumerate(raw):
+        line = lines[idx] if idx < len(lines) else idx + 1
         try:
             _messages(rec["prompt"], path, line)
             if not isinstance(rec["completion"], str):
@@ -116,6 +120,8 @@ def load_sft_records(path: str, role: str, *, skip_bad: bool = False) -> list[di
                          path=path, field="role")
     if other_roles:
         log.warning("%s: skipped %d records of other roles", path, sum(other_roles.values()))
+    if stats.skipped:
+        log.warning("%s: skipped %d bad records (--skip-bad)", path, stats.skipped)
     if not records:
         raise InputError("no training examples (empty file)", path=path)
     return records
