@@ -27,8 +27,36 @@ def make_problems(n: int, seed: int) -> list[dict]:
     from longshort.thoughts.synthetic import SynthConfig, generate
 
     cfg = SynthConfig(num_ops=1, max_operand=9, redundancy=0, vary_ops=False)
-    return [{"id": r["id"], "problem": r["problem"], "answer": r["answer"]}
+    return [{"id": r["id"], "problem": r["problem"], "answer": r["answer"], "solution": r["solution"]}
             for r in generate(n, seed=seed, config=cfg, id_prefix=f"s{seed}-")]
+
+
+def sft_warm_start(model: str, problems: list[dict], out: Path, *, steps: int, lr: float) -> dict[str, str]:
+    """A few SFT steps per role on templated turns (long: the computation in <think>, short: the
+    boxed answer), so that the RL stage starts from a pair that follows the protocol, as in the
+    real pipeline (coldstart SFT, then RL). Returns the two model directories."""
+    from longshort.dialogue.protocol import render_input
+    from longshort.training.sft import SFTRunConfig, run_sft
+
+    dirs = {}
+    for role in ("long", "short"):
+        recs = []
+        for p in problems:
+            long_turn = "<think>\n" + p["solution"].split("Answer:")[0].strip() + "\n</think>"
+            if role == "long":
+                messages, prefix = render_input("long", p["problem"], [])
+                completion = long_turn
+            else:
+                messages, prefix = render_input("short", p["problem"], [long_turn])
+                completion = f"<answer>\nSo the answer is \\boxed{{{p['answer']}}}.\n</answer>"
+            recs.append({"id": f"{p['id']}-{role}", "role": role, "prompt": messages, "assistant_prefix": prefix,
+                         "completion": completion})
+        data = out / f"sft_{role}.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+        dirs[role] = run_sft(SFTRunConfig(role=role, data=str(data), model=model, out=str(out / f"sft_{role}"),
+                                          max_steps=steps, batch_size=4, lr=lr, warmup=0, save_steps=10**6,
+                                          report_to="none", resume=True, max_length=512))
+    return dirs
 
 
 def evaluate(policy_spec: str, partner, role: str, problems: list[dict], dialogue, *, samples: int, seed: int,
@@ -95,6 +123,9 @@ def main() -> None:
     ap.add_argument("--max-new-tokens-long", type=int, default=48)
     ap.add_argument("--max-new-tokens-short", type=int, default=32)
     ap.add_argument("--max-turns", type=int, default=1)
+    ap.add_argument("--sft-steps", type=int, default=0, help="SFT warm start steps per role before RL (0 = none: "
+                    "the raw model, which rarely follows the protocol)")
+    ap.add_argument("--sft-lr", type=float, default=1e-4)
     ap.add_argument("--window", type=int, default=5, help="steps averaged at the start and at the end")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy shared CPU)")
     ap.add_argument("--out", default=None, help="run directory (default: a temp dir)")
@@ -110,20 +141,29 @@ def main() -> None:
 
     out = Path(args.out or tempfile.mkdtemp(prefix="rl_learning-"))
     out.mkdir(parents=True, exist_ok=True)
+    train_problems = make_problems(args.problems, args.seed)
     data = out / "problems.jsonl"
-    data.write_text("".join(json.dumps(p) + "\n" for p in make_problems(args.problems, args.seed)))
+    data.write_text("".join(json.dumps(p) + "\n" for p in train_problems))
+    specs = {"long": args.model, "short": args.model}
+    t_sft = 0.0
+    if args.sft_steps:
+        t0 = time.time()
+        specs = sft_warm_start(args.model, train_problems, out, steps=args.sft_steps, lr=args.sft_lr)
+        t_sft = time.time() - t0
+        print(f"SFT warm start: {args.sft_steps} steps per role in {t_sft:.0f} s")
     held_out = make_problems(args.eval_problems, args.seed + 1000)
     dialogue = CollabConfig(max_turns=args.max_turns, max_new_tokens_long=args.max_new_tokens_long,
                             max_new_tokens_short=args.max_new_tokens_short)
-    cfg = RLRunConfig(long=args.model, short=args.model, data=str(data), out=str(out / "rl"), iterations=1,
+    cfg = RLRunConfig(long=specs["long"], short=specs["short"], data=str(data), out=str(out / "rl"), iterations=1,
                       first=args.role, max_steps=args.steps, num_generations=args.num_generations,
                       batch_size=args.batch_size, lr=args.lr, dialogue=dialogue, report_to="tensorboard",
                       save_steps=10**6, logging_steps=1, seed=args.seed, resume=True)
-    partner = HFEngine(args.model, device="cpu")
+    other = "short" if args.role == "long" else "long"
+    partner = HFEngine(specs[other], device="cpu")
     print(f"model {args.model}, training the {args.role} role for {args.steps} GRPO steps "
           f"({args.batch_size} dialogues/step, {args.num_generations} per problem), torch threads {args.threads}")
     t0 = time.time()
-    before = evaluate(args.model, partner, args.role, held_out, dialogue, samples=args.eval_samples, seed=123,
+    before = evaluate(specs[args.role], partner, args.role, held_out, dialogue, samples=args.eval_samples, seed=123,
                       temperature=1.0)
     t_eval = time.time() - t0
     t0 = time.time()
@@ -143,7 +183,7 @@ def main() -> None:
     print(f"reward rose: training curve {'yes' if rose[0] else 'no'}, held-out {'yes' if rose[1] else 'no'}")
     (out / "rl_learning.json").write_text(json.dumps({"args": vars(args), "curve_start": first, "curve_end": last,
                                                       "eval_before": before, "eval_after": after,
-                                                      "train_s": t_train}, indent=2))
+                                                      "train_s": t_train, "sft_s": t_sft}, indent=2))
 
 
 if __name__ == "__main__":

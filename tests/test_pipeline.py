@@ -235,3 +235,25 @@ def test_resume_refuses_a_changed_config(smoke_run, tmp_path):
     with pytest.raises(LongshortError, match="earlier stage chunk is not"):
         run_pipeline(ROOT / "configs" / "smoke.yaml", copy, resume=True)
     assert not (copy / "chunk" / "DONE").exists()
+
+
+def test_training_under_accelerate_launch(smoke_run, tmp_path):
+    """The multi-GPU path (`launch.accelerate_config`): SFT runs as `accelerate launch -m
+    longshort.cli sft --config RUN.json ...`; here with a one-process CPU accelerate config."""
+    from longshort.config import sft_run_config
+    from longshort.pipeline import RunContext, _console, _launch
+
+    acc = tmp_path / "cpu.yaml"
+    acc.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nmixed_precision: 'no'\n"
+                   "num_machines: 1\nnum_processes: 1\nuse_cpu: true\n")
+    recipe = tmp_path / "recipe.yaml"
+    raw = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+    raw["launch"] = {"accelerate_config": str(acc), "num_processes": 1}
+    recipe.write_text(yaml.safe_dump(raw))
+    cfg = load_config(recipe)
+    run_cfg = sft_run_config(cfg, role="short", data=str(smoke_run / "coldstart" / "short.jsonl"),
+                             model="tiny-random", out=str(tmp_path / "short"))
+    out = _launch(RunContext(cfg, tmp_path, False, _console()), "sft", run_cfg, tmp_path / "short.run.json",
+                  ["--role", "short", "--data", run_cfg.data, "--model", run_cfg.model, "--out", run_cfg.out])
+    assert json.loads((tmp_path / "short.run.json").read_text())["max_steps"] == 1
+    assert (Path(out) / "config.json").exists() and (Path(out) / "longshort_run.json").exists()

@@ -11,6 +11,7 @@ from longshort.engines.base import Completion, Engine, GenerationResult
 from longshort.thoughts.chunking import (
     CATEGORIES,
     ChunkConfig,
+    HeuristicConfig,
     LLMChunkConfig,
     check_thoughts,
     chunk,
@@ -200,3 +201,14 @@ def test_llm_chunker_shortens_or_skips_prompts_that_do_not_fit():
     (th, flags), = llm_chunk_many([("p", steps)], eng, cfg)
     assert flags == ["llm_prompt_too_long", "llm_fallback"] and len(eng.calls) == 1
     _assert_partition(th, 30)
+
+
+def test_heuristic_max_thoughts_merges_smallest_neighbours():
+    rec = generate(1, seed=8)[0]
+    steps = chunk_records([rec])[0]["steps"]
+    free = heuristic_chunk(steps)
+    capped = heuristic_chunk(steps, HeuristicConfig(max_thoughts=3))
+    assert len(free) > 3 and len(capped) == 3
+    _assert_partition(capped, len(steps))
+    # merging only removes boundaries, never invents new ones
+    assert {t["start"] for t in capped} <= {t["start"] for t in free}

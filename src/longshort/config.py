@@ -15,8 +15,6 @@ Relative paths in a recipe are resolved against the current working directory (w
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -313,7 +311,3 @@ def _check_paths(config: PipelineConfig, path: Path) -> None:
 def dump_config(config: PipelineConfig) -> str:
     """The resolved config as YAML (every default written out), for the run directory."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-
-
-def config_hash(config: PipelineConfig) -> str:
-    return hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]

@@ -135,10 +135,6 @@ def stage_fingerprint(config: PipelineConfig, stage: Stage) -> str:
     return fingerprint({s: get(s) for s in stage.sections} | {"seed": config.seed})
 
 
-def is_done(out: Path, stage: str) -> bool:
-    return (out / stage / DONE).exists()
-
-
 def run_pipeline(config_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                  resume: bool = False) -> Path:
     """Run the recipe at `config_path` into `out_dir` (default `runs/<name>`). Returns the run dir."""
@@ -364,7 +360,7 @@ def stage_score(ctx: RunContext) -> dict[str, Any]:
     """Monte Carlo importance of every thought (resumable per trace)."""
     from longshort.io import ResumableWriter
     from longshort.thoughts.importance import iter_score
-    from longshort.thoughts.quality import importance_auroc
+    from longshort.thoughts.quality import gold_scores, importance_auroc
 
     cfg, d = ctx.config, ctx.dir("score")
     records = read_jsonl(ctx.out / "chunk" / "chunks.jsonl")
@@ -395,6 +391,15 @@ def stage_score(ctx: RunContext) -> dict[str, Any]:
     }
     if any(r.get("gold_thoughts") for r in scored):
         summary["auroc"] = importance_auroc(scored)
+        by_kind: dict[str, list[float]] = {}
+        for r in scored:
+            if r.get("gold_thoughts"):
+                for g, sc in zip(r["gold_thoughts"], gold_scores(r["thoughts"], r["gold_thoughts"]), strict=True):
+                    if sc is not None:
+                        by_kind.setdefault(g.get("kind", "essential" if g.get("essential") else "redundant"),
+                                           []).append(float(sc))
+        summary["importance_by_planted_kind"] = {k: {"n": len(v), "mean": round(sum(v) / len(v), 4)}
+                                                 for k, v in sorted(by_kind.items())}
         ctx.log(f"importance AUROC essential vs redundant: {summary['auroc']['auroc']}")
     write_json_atomic(d / "quality.json", summary)
     return summary
@@ -690,7 +695,7 @@ def stage_report(ctx: RunContext) -> dict[str, Any]:
     metrics = {"name": cfg.name, "seed": cfg.seed, "headline": head, "eval": results,
                "chunking": {k: s["chunk"].get(k) for k in ("method", "thoughts_per_trace", "boundary", "boundary_tol1")},
                "importance": {k: s["score"].get(k) for k in ("auroc", "importance_by_category", "rollouts",
-                                                              "generated_tokens")},
+                                                              "generated_tokens", "importance_by_planted_kind")},
                "coldstart": s["coldstart"], "sft": s["sft"], "rl": s["rl"], "data": s["data"],
                "stage_seconds": {k: v.get("seconds") for k, v in manifest.get("stages", {}).items()},
                "environment": {k: manifest.get(k) for k in ("python", "platform", "cpu_count", "device", "git",
@@ -764,6 +769,9 @@ def render_report_md(ctx: RunContext, m: dict[str, Any]) -> str:
     if au:
         lines += [f"- importance AUROC, essential vs redundant planted thoughts: **{au['auroc']}** "
                   f"({au['essential']} essential, {au['redundant']} redundant; 0.5 = chance)"]
+    if im.get("importance_by_planted_kind"):
+        lines += ["- mean importance by planted kind: " + ", ".join(
+            f"{k} {v['mean']:+.4f} (n={v['n']})" for k, v in im["importance_by_planted_kind"].items())]
     lines += [f"- Monte Carlo scoring: {im.get('rollouts')} rollouts, {im.get('generated_tokens')} generated tokens "
               f"(R = {cfg.score.rollouts}, δ = {cfg.score.delta})", "",
               "| category | thoughts | mean score | share with score > 0 |", "|---|---|---|---|"]

@@ -262,17 +262,15 @@ class Batcher:
             first = await self._queue.get()
             batch = [first]
             deadline = loop.time() + self.config.max_wait_ms / 1000.0
+            # poll rather than wait_for(queue.get()): a get cancelled by a timeout can lose an item
             while len(batch) < self.config.max_batch_size:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    if self._queue.empty():
-                        break
+                if not self._queue.empty():
                     batch.append(self._queue.get_nowait())  # already waiting: take it for free
                     continue
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except asyncio.TimeoutError:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
                     break
+                await asyncio.sleep(min(remaining, 0.002))
             batch = [j for j in batch if not j.future.done()]  # client gone (timeout/cancel)
             if not batch:
                 continue
@@ -338,7 +336,10 @@ def _resolve(job: _Job, *, result: Any = None, exc: BaseException | None = None)
         else:
             job.future.set_result(result)
 
-    job.loop.call_soon_threadsafe(_set)
+    try:
+        job.loop.call_soon_threadsafe(_set)
+    except RuntimeError:  # the event loop is gone (server shutting down): nobody is waiting
+        pass
 
 
 # ----------------------------------------------------------------------------- app

@@ -56,6 +56,9 @@ def serve(
         raise LongshortError(f"invalid option {loc}: {first['msg']}") from None
     long_engine = make_engine(long, engine, base_url=base_url)
     short_engine = long_engine if (short == long) else make_engine(short, engine, base_url=base_url)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: binding {host}: the server has no authentication; anyone who can reach "
+                   "this address can use the models", err=True)
     typer.echo(f"serving {model_name!r} (long={long}, short={short}, engine={engine}) "
                f"on http://{host}:{port}/v1", err=True)
     run_server(long_engine, short_engine, config, host=host, port=port, log_level=log_level)

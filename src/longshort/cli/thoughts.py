@@ -49,13 +49,17 @@ def chunk(
     engine: str = typer.Option("transformers", help="transformers | openai | vllm (llm method)."),
     base_url: str | None = typer.Option(None, help="OpenAI-compatible server URL for --engine openai."),
     max_retries: int = typer.Option(2, help="llm method: retries after an unusable answer."),
+    max_thoughts: int | None = typer.Option(None, help="heuristic: merge the smallest neighbours down to "
+                                            "this many thoughts per trace (caps scoring cost)."),
     batch: int = typer.Option(16, help="llm method: traces per generate call (written after each)."),
     seed: int = typer.Option(0, help="llm method: base sampling seed."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and count) bad records instead of stopping."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip ids already in --out."),
 ) -> None:
     """Split long-CoT traces into steps and group them into thoughts."""
-    from longshort.thoughts.chunking import ChunkConfig, LLMChunkConfig, chunk_records
+    from pydantic import ValidationError
+
+    from longshort.thoughts.chunking import ChunkConfig, HeuristicConfig, LLMChunkConfig, chunk_records
     from longshort.thoughts.ingest import load_traces
 
     if method not in ("heuristic", "llm", "gold"):
@@ -69,7 +73,12 @@ def chunk(
                 raise InputError("missing (method 'gold' needs synthetic traces from `longshort synth`)",
                                  path=str(input), line=k, field="gold_thoughts")
     _skipped_note(stats)
-    cfg = ChunkConfig(method=method, llm=LLMChunkConfig(max_retries=max_retries, seed=seed))
+    try:
+        cfg = ChunkConfig(method=method, llm=LLMChunkConfig(max_retries=max_retries, seed=seed),
+                          heuristic=HeuristicConfig(max_thoughts=max_thoughts))
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        raise LongshortError(f"bad option --{str(e['loc'][-1]).replace('_', '-')}: {e['msg']}") from None
     eng = _engine(model, engine, base_url) if method == "llm" else None
     flags: Counter[str] = Counter()
     n_thoughts = n_new = 0
@@ -255,6 +264,7 @@ def coldstart(
     model: str = typer.Option("smollm2-135m", help=MODEL_HELP + " Used by --compressor llm."),
     engine: str = typer.Option("transformers", help="Engine of --compressor llm."),
     base_url: str | None = typer.Option(None, help="OpenAI-compatible server URL for --engine openai."),
+    max_long_turns: int = typer.Option(4, help="At most this many long turns per dialogue (0 = no limit)."),
     tokenizer: str = typer.Option("smollm2-135m", help="Tokenizer for the token stats ('none' = word estimate)."),
     keep_incorrect: bool = typer.Option(False, "--keep-incorrect", help="Also use traces whose answer is wrong."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and count) bad records instead of stopping."),
@@ -268,7 +278,7 @@ def coldstart(
         raise LongshortError("give --threshold or --ratio, not both")
     try:
         cfg = ColdStartConfig(threshold=threshold, ratio=ratio, compressor=compressor,
-                              require_correct=not keep_incorrect)
+                              require_correct=not keep_incorrect, max_long_turns=max_long_turns or None)
     except ValidationError as exc:
         e = exc.errors()[0]
         raise LongshortError(f"bad option --{e['loc'][0]}: {e['msg']}") from None
@@ -330,6 +340,7 @@ def synth(
     num_ops: int = typer.Option(3, help="Computations per problem (drawn from 1..num_ops+1)."),
     max_operand: int = typer.Option(12, help="Largest operand."),
     redundancy: int = typer.Option(3, help="Redundant thoughts per trace."),
+    noise: float = typer.Option(0.3, help="Style noise: chance a thought lacks its discourse marker."),
     fixed_ops: bool = typer.Option(False, "--fixed-ops", help="Exactly --num-ops computations per problem."),
 ) -> None:
     """Generate the planted-importance task: problems + R1-style traces with true thoughts."""
@@ -341,7 +352,7 @@ def synth(
         raise LongshortError("--n must be at least 1")
     try:
         cfg = SynthConfig(task=task, num_ops=num_ops, max_operand=max_operand, redundancy=redundancy,
-                          vary_ops=not fixed_ops)
+                          noise=noise, vary_ops=not fixed_ops)
     except ValidationError as exc:
         e = exc.errors()[0]
         raise LongshortError(f"bad option --{str(e['loc'][0]).replace('_', '-')}: {e['msg']}") from None

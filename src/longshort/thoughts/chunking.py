@@ -95,6 +95,10 @@ _MARKERS: list[tuple[str, str, re.Pattern[str]]] = [
 ]
 
 
+_FINAL_LINE = re.compile(r"final answer", re.I)
+_CONSEQUENCE = re.compile(r"^(so|therefore|thus|hence|i think)\b", re.I)
+
+
 def classify_step(text: str) -> tuple[str | None, str | None]:
     """(category, type) of the discourse marker that opens a step, or (None, None)."""
     head = text.lstrip(" *#>-").strip()[:160]
@@ -119,13 +123,16 @@ class HeuristicConfig(BaseModel):
 
     min_steps: int = Field(1, ge=1, description="Smallest thought in steps; 1 keeps one-paragraph "
                            "thoughts such as a lone re-check (they are what importance separates).")
-    max_steps: int = Field(12, ge=1, description="A thought longer than this is split at its "
-                           "weakest-overlap step; 12 paragraphs ≈ one sub-derivation in R1 traces.")
+    max_steps: int = Field(12, ge=1, description="A thought that reaches this many steps is cut "
+                           "there; 12 paragraphs ≈ one sub-derivation in R1 traces.")
     shift_threshold: float = Field(0.05, ge=0.0, le=1.0, description="Start a new thought when a "
                                    "step shares less than this fraction of its content words with "
                                    "the running thought (a topic shift); low, so markers dominate.")
     shift_min_run: int = Field(4, ge=1, description="Only look for topic shifts once the running "
                                "thought has this many steps; short thoughts are not cut on vocabulary.")
+    max_thoughts: int | None = Field(None, ge=1, description="Merge the smallest neighbouring "
+                                     "thoughts until at most this many remain (caps Monte Carlo cost, "
+                                     "(n+1)·R rollouts per trace); None = no cap.")
     merge_reflections: bool = Field(True, description="A bare 'Wait/Hmm' step followed by a "
                                     "check or alternative joins it, as one thought (R1 style).")
 
@@ -137,6 +144,11 @@ def heuristic_chunk(steps: Sequence[str], config: HeuristicConfig | None = None)
     if n == 0:
         return []
     labels = [classify_step(s) for s in steps]
+    # "Therefore, m + n = 33." right before "**Final Answer**": the conclusion starts there
+    for j in range(n - 1):
+        if (labels[j][0] is None and _FINAL_LINE.match(steps[j + 1].lstrip(" *#"))
+                and _CONSEQUENCE.match(steps[j])):
+            labels[j] = ("conclusion", "conclusion")
     starts = [0]
     cats: list[str] = [labels[0][0] or "understanding"]
     types: list[str] = [labels[0][1] or "problem understanding"]
@@ -173,11 +185,16 @@ def heuristic_chunk(steps: Sequence[str], config: HeuristicConfig | None = None)
             run_vocab = _vocab(steps[j])
         else:
             run_vocab |= _vocab(steps[j])
-    thoughts = []
-    for k, s in enumerate(starts):
-        e = starts[k + 1] if k + 1 < len(starts) else n
-        thoughts.append(make_thought(steps, s + 1, e, types[k], cats[k]))
-    return thoughts
+    spans = [[s + 1, (starts[k + 1] if k + 1 < len(starts) else n), types[k], cats[k]]
+             for k, s in enumerate(starts)]
+    if cfg.max_thoughts is not None:
+        while len(spans) > cfg.max_thoughts:
+            # merge the neighbouring pair covering the fewest steps; the longer part names it
+            k = min(range(len(spans) - 1), key=lambda j: spans[j + 1][1] - spans[j][0])
+            a, b = spans[k], spans[k + 1]
+            keep = a if a[1] - a[0] >= b[1] - b[0] else b
+            spans[k:k + 2] = [[a[0], b[1], keep[2], keep[3]]]
+    return [make_thought(steps, s, e, typ, cat) for s, e, typ, cat in spans]
 
 
 def make_thought(steps: Sequence[str], start: int, end: int, type_text: str,

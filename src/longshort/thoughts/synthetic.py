@@ -45,6 +45,10 @@ class SynthConfig(BaseModel):
                              "arithmetic within what a small model can learn.")
     redundancy: int = Field(3, ge=0, le=8, description="Redundant thoughts per trace (re-checks, "
                             "an abandoned alternative, hesitations); 3 gives a mix of both labels.")
+    noise: float = Field(0.3, ge=0.0, le=1.0, description="Style noise: the chance that a thought "
+                         "is written without its usual discourse marker, and (half as often) that a "
+                         "computation holds an in-line 'Wait, …' aside; 0.3 so that boundaries are not "
+                         "recoverable by marker matching alone, as in real traces.")
     vary_ops: bool = Field(True, description="Draw num_ops from 1..num_ops+1 per problem, so "
                            "traces differ in length (a difficulty spread, not one fixed size).")
 
@@ -95,10 +99,17 @@ def _sentence(op: dict[str, Any], name: str, pron: str, item: str) -> str:
     return f"{pron.capitalize()} shares all of them equally among {op['k']} friends, keeping only one share."
 
 
-def _compute_steps(rng: random.Random, op: dict[str, Any], idx: int, n: int, pron: str, item: str
-                   ) -> list[str]:
+def _unmarked(rng: random.Random, noise: float) -> bool:
+    """Whether this thought is written without its usual discourse marker (style noise)."""
+    return noise > 0 and rng.random() < noise
+
+
+def _compute_steps(rng: random.Random, op: dict[str, Any], idx: int, n: int, pron: str, item: str,
+                   noise: float = 0.0) -> list[str]:
     lead = ["First,", "Next,", "Then,", "After that,", "Now,"]
     marker = "First," if idx == 0 else ("Finally," if idx == n - 1 and n > 2 else rng.choice(lead[1:]))
+    if idx > 0 and _unmarked(rng, noise):
+        marker = ""
     b, a = op["before"], op["after"]
     k = op["kind"]
     if k == "add":
@@ -110,27 +121,38 @@ def _compute_steps(rng: random.Random, op: dict[str, Any], idx: int, n: int, pro
                 f"{op['x']} {item}. Adding them, {b} + {op['x']} = {a}.")
     else:
         main = f"{marker} {pron} shares {b} {item} among {op['k']} friends, so each share is {b} / {op['k']} = {a}."
+    main = main.strip()
+    main = main[0].upper() + main[1:]
     steps = [main]
+    if noise > 0 and rng.random() < noise / 2:
+        # an in-line self-check that belongs to the computation (a marker inside a thought)
+        steps.append(rng.choice([f"Wait, is that really {a}? Yes, {a}.", f"Hmm, {a}. That looks right."]))
     if rng.random() < 0.5:
         steps.append(rng.choice([f"So now {pron} has {a} {item}.", f"That leaves {a} {item}.",
                                  f"So the count is {a} at this point."]))
     return steps
 
 
-def _recheck_steps(rng: random.Random, op: dict[str, Any], item: str) -> list[str]:
+def _recheck_steps(rng: random.Random, op: dict[str, Any], item: str, noise: float = 0.0) -> list[str]:
     b, a = op["before"], op["after"]
     expr = {"add": f"{b} + {op.get('x')}", "sub": f"{b} - {op.get('x')}",
             "bags": f"{b} + {op.get('b')} * {op.get('c')}", "share": f"{b} / {op.get('k')}"}[op["kind"]]
     opener = rng.choice(["Wait, let me double-check that.", "Let me verify this step.",
                          "Hmm, let me check that again.", "Wait, let me make sure that's right."])
+    if _unmarked(rng, noise):
+        opener = rng.choice(["Going over that step again:", "To be safe, I redo it:", "Recomputing that one:"])
     steps = [f"{opener} {expr} gives {a}."]
     steps.append(rng.choice([f"Yes, {a} is correct.", f"Okay, that matches: {a} {item}.",
                              f"Right, {a}."]))
     return steps
 
 
-def _alternative_steps(rng: random.Random, item: str) -> list[str]:
+def _alternative_steps(rng: random.Random, item: str, noise: float = 0.0) -> list[str]:
+    unmarked = _unmarked(rng, noise)
     first = rng.choice([
+        f"Maybe I could add up all the changes first and apply them to the {item} at the end.",
+        "I could also try to write one big expression for the whole story.",
+    ]) if unmarked else rng.choice([
         f"Alternatively, maybe I could add up all the changes first and apply them to the {item} at the end.",
         "Alternatively, I could try to write one big expression for the whole story.",
         "Another approach might be to work backwards from the end.",
@@ -142,9 +164,14 @@ def _alternative_steps(rng: random.Random, item: str) -> list[str]:
     return [first, second]
 
 
-def _hesitation_steps(rng: random.Random, op: dict[str, Any], pron: str, item: str) -> list[str]:
+def _hesitation_steps(rng: random.Random, op: dict[str, Any], pron: str, item: str,
+                      noise: float = 0.0) -> list[str]:
     detail = {"add": f"{op.get('x')} more", "sub": f"{op.get('x')} away",
               "bags": f"{op.get('b')} bags of {op.get('c')}", "share": f"{op.get('k')} friends"}[op["kind"]]
+    if _unmarked(rng, noise):
+        return [rng.choice([f"Did the problem say {detail}? Let me look at it again.",
+                            f"I want to be sure I read {detail} correctly."]),
+                rng.choice(["Yes, that's what it says.", "Okay, I read it right."])]
     return [rng.choice([f"Hmm, wait. Did the problem say {detail}? Let me look at it again.",
                         f"Hold on, I want to be sure I read {detail} correctly.",
                         f"Hmm, is it really {detail}? Let me reread that part."]),
@@ -188,17 +215,17 @@ def make_problem(rng: random.Random, cfg: SynthConfig, index: int, id_prefix: st
     for kind in picks:
         pos = rng.randrange(n)
         if kind == "recheck":
-            th = ("re-verification", "verification", "redundant", _recheck_steps(rng, ops[pos], item))
+            th = ("re-verification", "verification", "redundant", _recheck_steps(rng, ops[pos], item, cfg.noise))
         elif kind == "hesitation":
-            th = ("hesitation", "other", "redundant", _hesitation_steps(rng, ops[pos], pron, item))
+            th = ("hesitation", "other", "redundant", _hesitation_steps(rng, ops[pos], pron, item, cfg.noise))
         elif kind == "alternative":
-            th = ("abandoned alternative", "alternative", "redundant", _alternative_steps(rng, item))
+            th = ("abandoned alternative", "alternative", "redundant", _alternative_steps(rng, item, cfg.noise))
         else:
             pos = n - 1
             th = ("final re-verification", "verification", "redundant", _final_check_steps(rng, start, ops))
         redundant_after.setdefault(pos, []).append(th)
     for i, op in enumerate(ops):
-        body.append(("computation", "computation", "essential", _compute_steps(rng, op, i, n, pron, item)))
+        body.append(("computation", "computation", "essential", _compute_steps(rng, op, i, n, pron, item, cfg.noise)))
         extra = redundant_after.get(i, [])
         # the whole-trace re-check goes last, after any other redundant thought
         extra.sort(key=lambda t: t[0] == "final re-verification")
