@@ -237,6 +237,7 @@ def test_resume_refuses_a_changed_config(smoke_run, tmp_path):
     assert not (copy / "chunk" / "DONE").exists()
 
 
+@pytest.mark.slow  # a second process under accelerate: ~20 s idle, more on a busy machine
 def test_training_under_accelerate_launch(smoke_run, tmp_path):
     """The multi-GPU path (`launch.accelerate_config`): SFT runs as `accelerate launch -m
     longshort.cli sft --config RUN.json ...`; here with a one-process CPU accelerate config."""
