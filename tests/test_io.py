@@ -57,3 +57,13 @@ def test_write_json_atomic(tmp_path):
     write_json_atomic(p, {"a": 1})
     assert json.loads(p.read_text()) == {"a": 1}
     assert [f.name for f in p.parent.iterdir()] == ["m.json"]
+
+
+def test_atomic_write_uses_normal_file_mode(tmp_path):
+    import os
+
+    p = tmp_path / "r.md"
+    write_json_atomic(p, {})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (p.stat().st_mode & 0o777) == (0o666 & ~mask)
