@@ -10,7 +10,7 @@ graded on the last boxed answer seen (`protocol.final_answer`) and flagged.
 Modes: ``collab`` (the pair), ``long`` (long model alone, long CoT) and ``short`` (short model
 alone, concise): solo modes are one-turn dialogues with the solo prompts and the same record.
 
-Records (one per problem × sample; see docs/CONTRACTS.md "dialogue"): ``id`` is the problem's
+Records (one per problem × sample; see docs/architecture.md "dialogue"): ``id`` is the problem's
 id when `samples` is 1, else ``"{problem_id}#{k}"``; ``problem_id`` and ``sample`` are always
 present. Each sample's seed is derived from (config.seed, record id, turn index), so a record
 comes out the same whatever else is in its batch and after a resume.

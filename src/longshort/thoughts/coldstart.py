@@ -13,7 +13,7 @@
    `<think>\\n…\\n</think>`, short turns `<answer>\\n…\\n</rethink>`; the last turn is always a
    short turn ending with `\\boxed{answer}` and `</answer>` (added after a final long turn,
    from the trace's post-thinking answer when it has one).
-4. **SFT examples**, one per turn, in the CONTRACTS.md format: `{id, role, problem, answer,
+4. **SFT examples**, one per turn, in the docs/architecture.md format: `{id, role, problem, answer,
    prompt, assistant_prefix, completion}` with `prompt, assistant_prefix =
    protocol.render_input(role, problem, earlier_turns)`.
 

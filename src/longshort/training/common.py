@@ -68,7 +68,7 @@ def _drop_gguf_marker(model: Any) -> None:
 
 def render_prompt(tokenizer: Any, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
     """The exact text a role sees before its turn: chat template with the generation prompt,
-    then the transcript it continues (docs/CONTRACTS.md, chat rendering with `assistant_prefix`)."""
+    then the transcript it continues (docs/architecture.md, chat rendering with `assistant_prefix`)."""
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + assistant_prefix
 
 

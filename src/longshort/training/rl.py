@@ -7,7 +7,7 @@ next iteration.
 
 The rollout (`DialogueRollout`, passed to TRL as ``rollout_func``) plays whole dialogues
 (DESIGN §4, same ending rules as `longshort.dialogue.collab`). Following the continuation
-design of docs/CONTRACTS.md, every role continues one transcript as its assistant message, so a
+design of docs/architecture.md, every role continues one transcript as its assistant message, so a
 dialogue seen from the trained role is one token sequence in the trained role's tokenizer:
 
 - ``prompt_ids``: the trained role's first input (chat template + transcript so far),

@@ -1,6 +1,6 @@
 """Cold-start SFT of one role (DESIGN §6) on TRL's `SFTTrainer`.
 
-Input: the SFT file written by `longshort.thoughts.coldstart` (docs/CONTRACTS.md), one record per
+Input: the SFT file written by `longshort.thoughts.coldstart` (docs/architecture.md), one record per
 turn of the role: ``{id, role, problem, answer, prompt: [messages], assistant_prefix, completion}``.
 Each record becomes one prompt-completion example:
 
