@@ -122,6 +122,16 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def save_figure_atomic(fig: Any, path: str | os.PathLike) -> Path:
+    """Save a matplotlib figure as PNG through a temp file + rename (no half-written plots)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp.png")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, p)
+    return p
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 

@@ -41,7 +41,13 @@ from typing import Any
 
 from longshort.config import PipelineConfig, dump_config, load_config, rl_run_config, sft_run_config
 from longshort.errors import LongshortError
-from longshort.io import read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from longshort.io import (
+    read_jsonl,
+    save_figure_atomic,
+    write_json_atomic,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
 
 DONE = "DONE"
 STARTED = "STARTED"
@@ -648,10 +654,7 @@ def _plot_importance(by_cat: dict[str, dict[str, Any]], path: Path) -> Path | No
         ax.set_title("Monte Carlo importance per thought category")
         ax.tick_params(axis="x", rotation=30)
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        save_figure_atomic(fig, path)
     finally:
         plt.close(fig)
     return path

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from longshort.io import save_figure_atomic
+
 
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
@@ -153,9 +155,7 @@ def plot_accuracy_vs_tokens(rows: Sequence[Mapping[str, Any]], path: str | os.Pa
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="best")
         fig.tight_layout()
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        save_figure_atomic(fig, path)
     finally:
         plt.close(fig)
     return path
