@@ -37,11 +37,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from longshort.dialogue.collab import CollabConfig
+from longshort.dialogue.collab import CollabConfig, turn_limit, turn_stops
 from longshort.dialogue.protocol import (
     OPEN_TAGS,
-    PARTNER_STOPS,
-    STOP_STRINGS,
     Role,
     Turn,
     final_answer,
@@ -309,10 +307,10 @@ class DialogueRollout:
     # -- helpers ---------------------------------------------------------------------------
 
     def _stops(self, role: Role) -> list[str]:
-        return list(STOP_STRINGS[role]) + (list(PARTNER_STOPS[role]) if self.config.stop_at_partner_tag else [])
+        return turn_stops(role, self.config)  # the solver's rule, so RL turns end as inference turns do
 
     def _limit(self, role: Role) -> int:
-        return self.config.max_new_tokens_long if role == "long" else self.config.max_new_tokens_short
+        return turn_limit(role, self.config)
 
     def _advance(self, d: _Dialogue, turn: Turn) -> None:
         """The ending rules of DESIGN §4 (as in `dialogue.collab`)."""
