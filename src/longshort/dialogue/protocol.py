@@ -421,6 +421,40 @@ def final_answer(turns: Sequence[Turn]) -> str | None:
     return None
 
 
+def committed_answer(turns: Sequence[Turn | dict[str, Any]]) -> str | None:
+    r"""The answer a dialogue *commits to*, for the RL correctness reward: the boxed answer of
+    its last turn when that turn is a short turn that closed with ``</answer>`` by itself (not cut
+    at its token limit, no closing tag added by repair). Anything else (a box only in a long turn,
+    a dialogue that ended at a token limit or at ``max_turns``) commits to nothing: None.
+
+    Evaluation keeps grading with `final_answer` (DESIGN §4); this stricter rule is what RL pays
+    for, so the long role can never earn correctness by writing the answer itself.
+
+    >>> long_box = Turn("long", "<think>so \\boxed{8}</think>")
+    >>> committed_answer([long_box]) is None
+    True
+    >>> done = Turn("short", "<answer>\\boxed{8}</answer>", final=True)
+    >>> committed_answer([long_box, done])
+    '8'
+    >>> cut = Turn("short", "<answer>\\boxed{8}</answer>", finish_reason="length", final=True,
+    ...            flags=["missing_close_tag", "truncated"])
+    >>> committed_answer([long_box, cut]) is None
+    True
+    """
+    if not turns:
+        return None
+    last = turns[-1]
+    if isinstance(last, dict):
+        last = Turn.from_dict(last)
+    if last.role != "short" or not last.final or last.finish_reason == "length":
+        return None
+    if FLAG_MISSING_CLOSE in last.flags or FLAG_TRUNCATED in last.flags:
+        return None
+    if not last.text.rstrip().endswith(ANSWER_CLOSE):
+        return None
+    return extract_boxed(last.text)
+
+
 _TURN_RE = re.compile(
     re.escape(THINK_OPEN) + r"(?:(?!<).|<(?!/?(?:think|answer|rethink)>))*?" + re.escape(THINK_CLOSE)
     + "|" + re.escape(ANSWER_OPEN) + r"(?:(?!<).|<(?!/?(?:think|answer|rethink)>))*?"
