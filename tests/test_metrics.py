@@ -7,6 +7,8 @@ import math
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from longshort.evaluation import metrics as M
 from longshort.evaluation.report import (
@@ -24,14 +26,51 @@ def test_doctests():
 def test_pass_at_1_is_mean_of_problem_means():
     e = M.pass_at_1({"a": [True, False, False, False], "b": [True, True, True, True], "c": [False] * 4})
     assert e.mean == pytest.approx((0.25 + 1 + 0) / 3)
-    assert e.n == 3 and e.method == "normal"
+    assert e.n == 3 and e.method == "bootstrap"  # k > 1: bootstrap over problem means
     assert e.low < e.mean < e.high
-    # normal interval over problems: mean ± 1.96 sd/sqrt(n)
-    ps = [0.25, 1.0, 0.0]
-    mean = sum(ps) / 3
-    sd = math.sqrt(sum((p - mean) ** 2 for p in ps) / 2)
-    assert e.low == pytest.approx(max(0.0, mean - 1.959964 * sd / math.sqrt(3)), abs=1e-6)
-    assert e.high == pytest.approx(min(1.0, mean + 1.959964 * sd / math.sqrt(3)), abs=1e-6)
+
+
+def test_one_sample_per_problem_uses_wilson_over_problems():
+    e = M.pass_at_1([[True]] * 12 + [[False]] * 18)
+    lo, hi = M.wilson_interval(12 / 30, 30)
+    assert e.method == "wilson" and (e.low, e.high) == (lo, hi)
+    # the case of issue 9: 0/30 and 1/30 now come from the same rule, and 1/30 reaches higher
+    zero, one = M.pass_at_1([[False]] * 30), M.pass_at_1([[True]] + [[False]] * 29)
+    assert zero.low == 0 and zero.high == pytest.approx(0.1135, abs=1e-3)
+    assert one.low > 0 and one.high > zero.high
+    # "normal" is the former name of the default rule
+    assert M.pass_at_1([[True]] + [[False]] * 29, method="normal") == one
+    with pytest.raises(ValueError, match="unknown interval"):
+        M.pass_at_1([[True], [False]], method="t")
+
+
+def test_interval_monotone_in_number_correct_k1_exhaustive():
+    for n in (2, 3, 5, 10, 30, 100):
+        prev = None
+        for c in range(n + 1):
+            e = M.pass_at_1([[True]] * c + [[False]] * (n - c))
+            assert e.low <= e.mean <= e.high
+            if prev is not None:
+                assert e.low >= prev.low and e.high >= prev.high, (n, c)
+                assert (e.low, e.high) != (prev.low, prev.high)
+            prev = e
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), n=st.integers(2, 25), k=st.integers(2, 5))
+def test_interval_monotone_in_number_correct_k_gt_1(data, n, k):
+    """Turning any one wrong sample right never lowers either bound (k > 1 samples)."""
+    groups = [data.draw(st.lists(st.booleans(), min_size=k, max_size=k)) for _ in range(n)]
+    wrong = [(i, j) for i, g in enumerate(groups) for j, ok in enumerate(g) if not ok]
+    if not wrong:
+        return
+    i, j = data.draw(st.sampled_from(wrong))
+    better = [list(g) for g in groups]
+    better[i][j] = True
+    a, b = M.pass_at_1(groups), M.pass_at_1(better)
+    assert a.method == b.method == "bootstrap"
+    assert b.mean > a.mean and b.low >= a.low and b.high >= a.high
+    assert a.low <= a.mean <= a.high
 
 
 def test_interval_coverage_is_about_95_percent():
@@ -43,17 +82,39 @@ def test_interval_coverage_is_about_95_percent():
     assert 0.90 <= hits / 300 <= 0.99
 
 
+def test_clustered_k_gt_1_coverage_is_about_95_percent():
+    """Problems of different difficulty, 4 samples each: the bootstrap over problem means covers
+    the true Pass@1 (a pooled-sample interval would be too narrow here)."""
+    rng = random.Random(3)
+    n, k, hits, pooled_hits, reps = 80, 4, 0, 0, 200
+    for _ in range(reps):
+        ps = [rng.betavariate(0.5, 0.5) for _ in range(n)]  # the true Pass@1 is the mean of ps
+        data = [[rng.random() < p for _ in range(k)] for p in ps]
+        true = 0.5  # E[Beta(0.5, 0.5)]; problems are a sample from that population
+        e = M.pass_at_1(data, resamples=1000, seed=rng.randrange(10**6))
+        hits += e.low <= true <= e.high
+        lo, hi = M.wilson_interval(e.mean, n * k)
+        pooled_hits += lo <= true <= hi
+    assert 0.90 <= hits / reps <= 0.99
+    assert pooled_hits / reps < 0.85
+
+
 def test_bootstrap_interval_close_to_normal():
     rng = random.Random(1)
     data = [[rng.random() < 0.3 for _ in range(4)] for _ in range(150)]
-    a, b = M.pass_at_1(data), M.pass_at_1(data, method="bootstrap")
-    assert a.mean == b.mean and b.method == "bootstrap"
+    a = M.mean_interval(M.problem_means(data))
+    b = M.pass_at_1(data, method="bootstrap")
+    assert a.mean == b.mean and b.method == "bootstrap" and a.method == "normal"
     assert abs(a.low - b.low) < 0.03 and abs(a.high - b.high) < 0.03
 
 
-def test_degenerate_interval_uses_wilson():
+def test_degenerate_interval_is_never_a_point():
     e = M.pass_at_1([[False], [False], [False]])
     assert e.mean == 0 and e.method == "wilson" and e.low == 0 and 0.4 < e.high < 0.7
+    e = M.pass_at_1([[False] * 4] * 30)  # k > 1, all wrong: the bootstrap alone would be [0, 0]
+    assert e.method == "bootstrap" and e.low == 0 and e.high == pytest.approx(M.wilson_interval(0.0, 120)[1])
+    e = M.pass_at_1([[True] * 4] * 30)
+    assert e.high == 1 and e.low == pytest.approx(M.wilson_interval(1.0, 120)[0])
     assert M.pass_at_1([[True]]).low is None
     with pytest.raises(ValueError):
         M.pass_at_1([[]])

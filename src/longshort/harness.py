@@ -66,9 +66,10 @@ class EvalConfig(BaseModel):
     seed: int = Field(0, description="Base seed of sampling and of GPQA's choice order (0: reproducible).")
     skip_bad: bool = Field(False, description="Skip (and count) bad benchmark records instead of stopping "
                                               "(off: a bad record stops the run before any work is wasted).")
-    interval: Literal["normal", "bootstrap"] = Field(
-        "normal", description="95% interval of Pass@1: normal approximation over problems (default, "
-                              "cheap) or percentile bootstrap over problems.")
+    interval: Literal["auto", "bootstrap", "normal"] = Field(
+        "auto", description="95% interval of Pass@1, monotone in the number correct: auto (Wilson over "
+                            "problems for 1 sample each, else bootstrap over problem means) or bootstrap "
+                            "(also for 1 sample); normal = the former name of auto.")
     baseline_dir: str | None = Field(None, description="A finished run directory to compute AES against "
                                                        "(must be the same benchmark).")
     collab: CollabConfig = Field(default_factory=CollabConfig,

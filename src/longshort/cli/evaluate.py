@@ -43,7 +43,7 @@ def eval_command(
     temperature: Annotated[float | None, typer.Option(min=0.0, help="Sampling temperature (default: 0.7)")] = None,
     seed: Annotated[int | None, typer.Option(help="Base seed (default: 0)")] = None,
     grading_timeout: Annotated[float | None, typer.Option(min=0.01, help="Seconds to grade one answer (default: 5)")] = None,
-    interval: Annotated[str | None, typer.Option(help="Pass@1 interval: normal or bootstrap (default: normal)")] = None,
+    interval: Annotated[str | None, typer.Option(help="Pass@1 interval: auto or bootstrap (default: auto; see docs/evaluation.md)")] = None,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip and count bad benchmark records instead of stopping")] = False,
     resume: Annotated[bool, typer.Option(help="Skip records already in predictions.jsonl")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,

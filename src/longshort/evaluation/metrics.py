@@ -5,18 +5,25 @@ All functions are small and pure. `summarize(predictions)` turns graded predicti
 that go in `metrics.json`.
 
 Pass@1 = mean over problems of the mean correctness of the k samples of each problem. Its 95%
-interval is, by default, the normal approximation over problems: mean ± 1.96 · sd(p_i)/√n,
-where p_i is problem i's mean correctness (problems are the independent units; samples of one
-problem are not), clipped to [0, 1]; when every problem has the same score (all right, all
-wrong) that interval collapses to a point, so the Wilson score interval over the n problems is
-reported instead (`method` says "wilson"). `method="bootstrap"` gives the percentile bootstrap over
-problems (2000 resamples, fixed seed) instead.
+interval is one rule, fixed by the evaluation's design (samples per problem), never by the
+outcomes, and monotone in the number correct (one more right sample never lowers either bound):
+
+- k = 1 sample per problem: the Wilson score interval of the proportion correct over the n
+  problems (good coverage near 0 and 1, never a point: 0/30 gives [0, 0.114]).
+- k > 1: the percentile bootstrap over problem means (problems are the independent units;
+  samples of one problem are not; 2000 resamples of fixed seed), widened where needed to the
+  Wilson interval of the pooled samples, the narrowest a set of that many samples supports (the
+  bootstrap collapses to a point when every problem scores the same).
+
+Both are monotone by construction: Wilson bounds rise with the proportion; every bootstrap
+resample mean is a non-decreasing function of each problem mean (the resampled indices depend
+only on n and the seed), so are their order statistics; the hull (min of lows, max of highs) of
+two monotone intervals is monotone. `method="bootstrap"` uses the second rule for k = 1 too.
 """
 
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -60,8 +67,9 @@ def problem_means(correct_by_problem: Mapping[str, Sequence[bool]] | Sequence[Se
 def mean_interval(values: Sequence[float], *, method: Literal["normal", "bootstrap"] = "normal",
                   resamples: int = 2000, seed: int = 0, lower: float = 0.0,
                   upper: float = 1.0) -> Estimate:
-    """Mean of `values` with a 95% interval (normal approximation or percentile bootstrap),
-    clipped to [lower, upper].
+    """Mean of arbitrary `values` with a 95% interval (normal approximation, mean ± 1.96·sd/√n,
+    or percentile bootstrap), clipped to [lower, upper]. For Pass@1 use `pass_at_1`, whose
+    interval is monotone in the number correct.
 
     >>> e = mean_interval([1.0, 0.0, 1.0, 1.0])
     >>> round(e.mean, 3), round(e.low, 3), round(e.high, 3)
@@ -77,44 +85,88 @@ def mean_interval(values: Sequence[float], *, method: Literal["normal", "bootstr
         return Estimate(mean, None, None, n, method)
     if method == "normal":
         var = sum((v - mean) ** 2 for v in values) / (n - 1)
-        if var == 0 and lower == 0.0 and upper == 1.0:
-            # every problem scored the same (e.g. all wrong): the normal interval collapses to a
-            # point; the Wilson score interval for a proportion over n problems does not.
-            return Estimate(mean, *wilson_interval(mean, n), n, "wilson")
         half = Z95 * math.sqrt(var / n)
         lo, hi = mean - half, mean + half
     elif method == "bootstrap":
-        rng = random.Random(seed)
-        means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(resamples))
-        lo, hi = means[int(0.025 * (resamples - 1))], means[int(math.ceil(0.975 * (resamples - 1)))]
+        lo, hi = bootstrap_interval(values, resamples=resamples, seed=seed)
     else:
         raise ValueError(f"unknown interval method {method!r}")
     return Estimate(mean, max(lower, lo), min(upper, hi), n, method)
 
 
+def bootstrap_interval(values: Sequence[float], *, resamples: int = 2000, seed: int = 0
+                       ) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of `values`.
+
+    The resampled indices depend only on ``len(values)`` and `seed`, and the bounds are order
+    statistics (no interpolation), so each bound is a non-decreasing function of every value.
+
+    >>> bootstrap_interval([0.0, 0.0, 0.0])
+    (0.0, 0.0)
+    """
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values")
+    import numpy as np  # here: the rest of this module is pure Python
+
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    means = np.sort(np.asarray(values, dtype=float)[idx].mean(axis=1))
+    return float(means[int(0.025 * (resamples - 1))]), float(means[int(math.ceil(0.975 * (resamples - 1)))])
+
+
 def wilson_interval(p: float, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval of a proportion `p` observed over `n` units.
 
+    Both bounds rise with `p` (for fixed `n`); the interval always contains `p`.
+
     >>> tuple(round(x, 3) for x in wilson_interval(0.0, 10))
     (0.0, 0.278)
+    >>> tuple(round(x, 3) for x in wilson_interval(0.0, 30)), tuple(round(x, 3) for x in wilson_interval(1 / 30, 30))
+    ((0.0, 0.114), (0.006, 0.167))
     """
     denom = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    half = z * math.sqrt(max(0.0, p * (1 - p)) / n + z * z / (4 * n * n)) / denom
     low = 0.0 if p <= 0 else max(0.0, center - half)
     high = 1.0 if p >= 1 else min(1.0, center + half)
     return low, high
 
 
+PassIntervalMethod = Literal["auto", "bootstrap", "normal"]
+
+
 def pass_at_1(correct_by_problem: Mapping[str, Sequence[bool]] | Sequence[Sequence[bool]], *,
-              method: Literal["normal", "bootstrap"] = "normal") -> Estimate:
-    """Pass@1 over k samples per problem, with a 95% interval over problems.
+              method: PassIntervalMethod = "auto", resamples: int = 2000, seed: int = 0) -> Estimate:
+    """Pass@1 over k samples per problem, with its 95% interval (module docstring).
+
+    method: "auto" (Wilson over problems when every problem has one sample, else the bootstrap
+    over problem means with the pooled-sample Wilson floor), "bootstrap" (the latter for any
+    k), "normal" (the former name of "auto", kept so older configs still run). `Estimate.method`
+    names what was used: "wilson" or "bootstrap". Fewer than 2 problems: no interval.
 
     >>> e = pass_at_1({"a": [True, True], "b": [False, True], "c": [False, False]})
-    >>> e.mean, e.n
-    (0.5, 3)
+    >>> e.mean, e.n, e.method
+    (0.5, 3, 'bootstrap')
+    >>> e = pass_at_1([[False]] * 30)
+    >>> e.method, e.low, round(e.high, 3)
+    ('wilson', 0.0, 0.114)
+    >>> round(pass_at_1([[True]] + [[False]] * 29).high, 3)
+    0.167
     """
-    return mean_interval(problem_means(correct_by_problem), method=method)
+    if method not in ("auto", "bootstrap", "normal"):
+        raise ValueError(f"unknown interval method {method!r}; expected auto or bootstrap")
+    groups = list(correct_by_problem.values() if isinstance(correct_by_problem, Mapping) else correct_by_problem)
+    means = problem_means(groups)
+    n = len(means)
+    mean = sum(means) / n
+    if n < 2:
+        return Estimate(mean, None, None, n, "wilson" if len(groups[0]) == 1 and method != "bootstrap"
+                        else "bootstrap")
+    if method != "bootstrap" and all(len(g) == 1 for g in groups):
+        return Estimate(mean, *wilson_interval(mean, n), n, "wilson")
+    b_lo, b_hi = bootstrap_interval(means, resamples=resamples, seed=seed)
+    w_lo, w_hi = wilson_interval(mean, sum(len(g) for g in groups))
+    return Estimate(mean, max(0.0, min(b_lo, w_lo)), min(1.0, max(b_hi, w_hi)), n, "bootstrap")
 
 
 def relative_gain(value: float, base: float) -> float | None:
@@ -162,7 +214,7 @@ def _mean(values: Iterable[float]) -> float | None:
 
 
 def summarize(predictions: Sequence[Mapping[str, Any]], *,
-              method: Literal["normal", "bootstrap"] = "normal") -> dict[str, Any]:
+              method: PassIntervalMethod = "auto") -> dict[str, Any]:
     """The metrics of a set of graded predictions (one record per problem × sample).
 
     Each record needs `correct` (bool) and may carry `tokens` {long, short, total},
