@@ -209,3 +209,27 @@ def test_final_answer_is_last_boxed_seen():
              parse_turn("long", "<think>no answer yet", finish_reason="length")]
     assert P.final_answer(turns) == "3"
     assert P.final_answer(turns[1:]) is None
+
+
+def test_doctests_of_protocol():
+    import doctest
+
+    assert doctest.testmod(P).failed == 0
+
+
+def test_committed_answer_only_from_a_finished_closing_short_turn():
+    long_box = parse_turn("long", "<think>so \\boxed{8}", stop="</think>")
+    done = parse_turn("short", "<answer>8 \\boxed{8}", stop="</answer>")
+    assert P.committed_answer([long_box, done]) == "8"
+    assert P.committed_answer([long_box.to_dict(), done.to_dict()]) == "8"  # the rollout's dicts
+    assert P.final_answer([long_box]) == "8" and P.committed_answer([long_box]) is None
+    # hand-back after a long box, a final turn cut at its limit, a close tag added by repair
+    handback = parse_turn("short", "<answer>check", stop="</rethink>")
+    cut = parse_turn("short", "<answer>so \\boxed{8}", finish_reason="length")
+    repaired = parse_turn("short", "<answer>so \\boxed{8}")  # no close tag: </answer> is added, flagged
+    assert repaired.text.endswith("</answer>") and "missing_close_tag" in repaired.flags
+    for last in (handback, cut, repaired):
+        assert P.committed_answer([long_box, last]) is None
+    # a finished final turn before a later long turn (max_turns reached after it) no longer ends the dialogue
+    assert P.committed_answer([long_box, done, long_box]) is None
+    assert P.committed_answer([]) is None

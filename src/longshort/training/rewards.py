@@ -2,14 +2,19 @@
 
 Each reward is a small pure function ``f(completions, **kwargs) -> list[float]``, one value per
 completion, that `trl.GRPOTrainer` calls with the dataset's columns (``answer``, ``choices``)
-and the extra fields our dialogue rollout returns (``final_answer``, ``turns``,
-``trained_role``, ``dialogue_tokens``, ``role_tokens``) as keyword arguments. Outside the
-trainer they work on plain completions too (graded / checked on the text).
+and the extra fields our dialogue rollout returns (``turns``, ``final_answer``, ``truncated``,
+``end_reason``, ``trained_role``, ``dialogue_tokens``, ``role_tokens``) as keyword arguments.
+Outside the trainer they work on plain completions too (graded / checked on the text).
 
-- `correctness_reward`: 1.0 when the dialogue's final answer is right (math-verify), else 0.0.
+- `correctness_reward`: 1.0 when the answer the dialogue *commits to* is right (math-verify),
+  else 0.0. Leak-free: only the box of a finished short ``<answer>…</answer>`` turn that ends
+  the dialogue counts (`protocol.committed_answer`); a box in a long turn, a dialogue that ended
+  at a token limit (``truncated``) or at ``max_turns`` earns nothing. (Evaluation still grades
+  the last box seen, DESIGN §4; RL pays only for what the protocol asks of the short role.)
 - `format_reward`: the share of the trained role's turns that needed no tag repair.
 - `length_reward`: for a right answer only, ``1 - tokens / budget`` (clipped to [0, 1]); 0.0 for
-  a wrong one. Being zero on wrong answers it can never lift a wrong answer above a right one.
+  a wrong one. It uses the same right/wrong rule, so being zero on wrong answers it can never
+  lift a wrong answer above a right one.
 
 `RewardConfig` holds the weights. It insists on ``correctness_weight > format_weight``: then a
 right answer scores at least ``correctness_weight`` and a wrong one at most ``format_weight``,
@@ -25,7 +30,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from longshort.dialogue.protocol import FLAG_EMPTY, FLAG_TRUNCATED, FORMAT_FLAGS
+from longshort.dialogue.protocol import (
+    ANSWER_OPEN,
+    FLAG_EMPTY,
+    FLAG_TRUNCATED,
+    FORMAT_FLAGS,
+    Turn,
+    committed_answer,
+    is_valid_turn,
+)
 
 # A turn of each role, as it must look (DESIGN §4); used when no parsed `turns` are given.
 _TURN_PATTERNS = {
@@ -98,44 +111,108 @@ def _column(name: str, values: Sequence[Any] | None, n: int) -> list[Any]:
     return values
 
 
+def committed_from_text(text: str) -> str | None:
+    r"""The committed answer of a completion given only as text: the box of its last turn when
+    that turn is a whole short ``<answer>…</answer>`` turn at the very end (`committed_answer`'s
+    rule; a text cannot show a token limit, so pass ``truncated``/``turns`` when you have them).
+
+    >>> committed_from_text("<think>so \\boxed{8}</think>\n<answer>done \\boxed{8}</answer>")
+    '8'
+    >>> committed_from_text("<think>so \\boxed{8}</think>") is None
+    True
+    >>> committed_from_text("<answer>\\boxed{8}</answer>\n<think>more") is None
+    True
+    """
+    text = text.rstrip()
+    pos = text.rfind(ANSWER_OPEN)
+    if pos == -1:
+        return None
+    last = text[pos:]
+    if not is_valid_turn("short", last):
+        return None
+    return committed_answer([Turn("short", last, final=True)])
+
+
+def committed_predictions(completions: Sequence[Any], final_answer: Sequence[str | None] | None = None,
+                          turns: Sequence[Sequence[Any] | None] | None = None,
+                          truncated: Sequence[bool] | None = None,
+                          end_reason: Sequence[str | None] | None = None) -> list[str | None]:
+    """The answer each dialogue commits to (None: none), by the first rule that applies:
+
+    1. ``truncated[i]`` is true, or ``end_reason[i]`` is given and is not ``"answer"``: None
+       (the dialogue ended at a token limit or at ``max_turns``);
+    2. ``turns[i]`` given (the rollout's parsed turns, `Turn`s or their dicts):
+       ``protocol.committed_answer(turns[i])``; this wins over `final_answer`, so a caller that
+       passes a last-box-anywhere answer cannot leak correctness to the long role;
+    3. ``final_answer[i]`` given: taken as is (the rollout's ``committed_answer(turns)``);
+    4. else the completion text, by `committed_from_text`.
+    """
+    n = len(completions)
+    cut = _column("truncated", truncated, n)
+    ends = _column("end_reason", end_reason, n)
+    dialogues = _column("turns", turns, n) if turns is not None else None
+    finals = _column("final_answer", final_answer, n) if final_answer is not None else None
+    out: list[str | None] = []
+    for i, completion in enumerate(completions):
+        if cut[i] or (ends[i] is not None and ends[i] != "answer"):
+            pred = None
+        elif dialogues is not None and dialogues[i] is not None:
+            pred = committed_answer(dialogues[i])
+        elif finals is not None:
+            pred = finals[i]
+        else:
+            pred = committed_from_text(completion_text(completion))
+        out.append(pred if pred is not None and str(pred).strip() else None)
+    return out
+
+
 def is_correct(completions: Sequence[Any], answer: Sequence[Any] | None = None,
                final_answer: Sequence[str | None] | None = None,
-               choices: Sequence[Any] | None = None) -> list[bool]:
-    """Right/wrong per completion: `final_answer` (from the dialogue) when given, else the
-    completion's text (its last ``\\boxed{}``) graded against the gold `answer` by math-verify.
-    A dialogue whose `final_answer` is None (no answer reached) is wrong."""
+               choices: Sequence[Any] | None = None, *,
+               turns: Sequence[Sequence[Any] | None] | None = None,
+               truncated: Sequence[bool] | None = None,
+               end_reason: Sequence[str | None] | None = None) -> list[bool]:
+    """Right/wrong per completion: the committed answer (`committed_predictions`) graded
+    against the gold `answer` by math-verify. No committed answer = wrong."""
     n = len(completions)
     if answer is None:
         raise ValueError("correctness needs the gold `answer` column in the training data")
     golds = _column("answer", answer, n)
-    finals = _column("final_answer", final_answer, n) if final_answer is not None else None
     options = _column("choices", choices, n)
+    preds = committed_predictions(completions, final_answer, turns, truncated, end_reason)
     out = []
-    for i, completion in enumerate(completions):
-        if finals is not None:
-            pred = finals[i]
-            if pred is None or not str(pred).strip():
-                out.append(False)
-                continue
-            pred = f"\\boxed{{{pred}}}"  # an extracted answer: grade it as the boxed answer it was
-        else:
-            pred = completion_text(completion)
-        opts = tuple(str(c) for c in options[i]) if options[i] else None
-        out.append(_graded(pred, str(golds[i]), opts))
+    for pred, gold, opts in zip(preds, golds, options, strict=True):
+        if pred is None:
+            out.append(False)
+            continue
+        # an extracted answer: grade it as the boxed answer it was
+        out.append(_graded(f"\\boxed{{{pred}}}", str(gold), tuple(str(c) for c in opts) if opts else None))
     return out
 
 
 def correctness_reward(completions: Sequence[Any], answer: Sequence[Any] | None = None,
                        final_answer: Sequence[str | None] | None = None,
-                       choices: Sequence[Any] | None = None, **kwargs: Any) -> list[float]:
-    r"""1.0 if the dialogue's final answer matches the gold answer (math-verify), else 0.0.
+                       choices: Sequence[Any] | None = None, *,
+                       turns: Sequence[Sequence[Any] | None] | None = None,
+                       truncated: Sequence[bool] | None = None,
+                       end_reason: Sequence[str | None] | None = None, **kwargs: Any) -> list[float]:
+    r"""1.0 if the answer the dialogue commits to matches the gold answer (math-verify), else 0.0.
+
+    Only the box of a finished short ``<answer>…</answer>`` turn that ends the dialogue counts:
+    a box in a long turn, a cut-off final turn, a dialogue that ended at a token limit or at
+    ``max_turns`` earn 0.0 (see `committed_predictions` for the order of the rules).
 
     Args:
-        completions: the completions (strings or chat messages); graded on their text when no
-            `final_answer` is given.
+        completions: the completions (strings or chat messages); read only when neither
+            `turns` nor `final_answer` is given.
         answer: gold answers, one per completion (the dataset's ``answer`` column).
-        final_answer: the answer each dialogue ended with (from the rollout); None = no answer.
+        final_answer: per dialogue, ``protocol.committed_answer(turns)`` (None = no answer).
         choices: multiple-choice options per completion, or None.
+        turns: per dialogue, its parsed turns (``{"role", "text", "finish_reason", "flags",
+            "final"}``); when given, the committed answer is recomputed from them.
+        truncated: per dialogue, True when it ended because a turn hit its token limit.
+        end_reason: per dialogue, ``answer`` | ``max_turns`` | ``token_limit``; anything but
+            ``answer`` earns 0.0.
         **kwargs: other columns, ignored (TRL passes everything it has).
 
     Example:
@@ -143,10 +220,18 @@ def correctness_reward(completions: Sequence[Any], answer: Sequence[Any] | None 
     >>> correctness_reward(["<answer>So \\boxed{4}</answer>", "<answer>\\boxed{5}</answer>"],
     ...                    answer=["4", "4"])
     [1.0, 0.0]
-    >>> correctness_reward(["...", "..."], answer=["1/2", "1/2"], final_answer=["0.5", None])
-    [1.0, 0.0]
+    >>> correctness_reward(["<think>it is \\boxed{4}</think>"], answer=["4"])  # long-turn box
+    [0.0]
+    >>> correctness_reward(["...", "...", "..."], answer=["1/2"] * 3, final_answer=["0.5", None, "0.5"],
+    ...                    truncated=[False, False, True])
+    [1.0, 0.0, 0.0]
+    >>> turns = [{"role": "long", "text": "<think>\\boxed{4}</think>"},
+    ...          {"role": "short", "text": "<answer>\\boxed{4}</answer>", "final": True}]
+    >>> correctness_reward([""], answer=["4"], turns=[turns]), correctness_reward([""], answer=["4"], turns=[turns[:1]])
+    ([1.0], [0.0])
     """
-    return [1.0 if ok else 0.0 for ok in is_correct(completions, answer, final_answer, choices)]
+    return [1.0 if ok else 0.0 for ok in is_correct(completions, answer, final_answer, choices, turns=turns,
+                                                    truncated=truncated, end_reason=end_reason)]
 
 
 def turn_well_formed(turn: Any) -> bool:
@@ -210,8 +295,13 @@ def length_reward(completions: Sequence[Any], answer: Sequence[Any] | None = Non
                   choices: Sequence[Any] | None = None,
                   dialogue_tokens: Sequence[int] | None = None, role_tokens: Sequence[int] | None = None,
                   completion_ids: Sequence[Sequence[int]] | None = None, *, budget: int = 2048,
-                  count: str = "dialogue", **kwargs: Any) -> list[float]:
+                  count: str = "dialogue", turns: Sequence[Sequence[Any] | None] | None = None,
+                  truncated: Sequence[bool] | None = None, end_reason: Sequence[str | None] | None = None,
+                  **kwargs: Any) -> list[float]:
     r"""A brevity bonus for right answers only: ``max(0, 1 - tokens / budget)``; 0.0 if wrong.
+
+    Right/wrong is `correctness_reward`'s rule (same `final_answer`, `turns`, `truncated`,
+    `end_reason` arguments), so the bonus is never paid where correctness is not.
 
     Tokens are the dialogue's generated tokens (long + short, each counted by its own
     tokenizer; ``count="dialogue"``) or the trained role's alone (``count="role"``); without
@@ -237,7 +327,8 @@ def length_reward(completions: Sequence[Any], answer: Sequence[Any] | None = Non
         raise ValueError(f"length_reward needs '{'dialogue_tokens' if count == 'dialogue' else 'role_tokens'}' "
                          "or 'completion_ids'")
     tokens = _column("tokens", tokens, n)
-    right = is_correct(completions, answer, final_answer, choices)
+    right = is_correct(completions, answer, final_answer, choices, turns=turns, truncated=truncated,
+                       end_reason=end_reason)
     return [max(0.0, 1.0 - float(t) / budget) if ok else 0.0 for ok, t in zip(right, tokens, strict=True)]
 
 
