@@ -1,0 +1,100 @@
+"""The FastAPI app: thin routes over `Handlers`, error bodies, and `serve()` under uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from longshort.engines.base import Engine
+from longshort.serve.config import ServeConfig
+from longshort.serve.handlers import Handlers
+from longshort.serve.protocol import (
+    APIError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    TokenizeRequest,
+    parse_body,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _handlers(request: Request) -> Handlers:
+    return request.app.state.handlers
+
+
+async def _read(request: Request, schema):
+    return parse_body(await request.body(), schema, max_bytes=_handlers(request).config.max_body_bytes)
+
+
+def create_app(long_engine: Engine, short_engine: Engine, config: ServeConfig | None = None) -> FastAPI:
+    """The FastAPI app serving the pair (`config.model_name`) and, optionally, each model alone."""
+    config = config or ServeConfig()
+    handlers = Handlers(long_engine, short_engine, config)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        handlers.batcher.start()
+        try:
+            yield
+        finally:
+            await handlers.batcher.stop()
+
+    app = FastAPI(title="longshort", version="1", lifespan=lifespan)
+    app.state.handlers = handlers
+    app.state.batcher = handlers.batcher
+    app.state.config = config
+
+    @app.exception_handler(APIError)
+    async def _api_error(_req: Request, exc: APIError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def _internal(_req: Request, exc: Exception):
+        log.exception("unhandled error")
+        return JSONResponse(APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error",
+                                     code="internal_error").body(), status_code=500)
+
+    @app.exception_handler(404)
+    async def _not_found(req: Request, _exc):
+        return JSONResponse(APIError(404, f"no route {req.method} {req.url.path}; see GET /v1/models, "
+                                     "POST /v1/chat/completions", code="not_found").body(), status_code=404)
+
+    @app.exception_handler(405)
+    async def _bad_method(req: Request, _exc):
+        return JSONResponse(APIError(405, f"method {req.method} not allowed on {req.url.path}",
+                                     code="method_not_allowed").body(), status_code=405)
+
+    @app.get("/health")
+    async def health(request: Request):
+        return _handlers(request).health()
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        return _handlers(request).models()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await _handlers(request).chat(await _read(request, ChatCompletionRequest))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await _handlers(request).completions(await _read(request, CompletionRequest))
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        return _handlers(request).tokenize(await _read(request, TokenizeRequest))
+
+    return app
+
+
+def serve(long_engine: Engine, short_engine: Engine, config: ServeConfig | None = None, *,
+          host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    """Run the server with uvicorn until interrupted."""
+    import uvicorn
+
+    app = create_app(long_engine, short_engine, config)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -1,0 +1,122 @@
+"""The wire format: OpenAI request schemas, the JSON error body, and reading a request body.
+
+Validation lives here, in the pydantic request models (as vLLM's `entrypoints/openai/protocol.py`):
+a handler receives a request that already has the right types and ranges.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class APIError(Exception):
+    """An error answered as OpenAI-style JSON with an HTTP status."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+
+def validation_error(exc: ValidationError) -> APIError:
+    """The first pydantic error as a 400 naming the field."""
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first.get("loc", ())) or None
+    return APIError(400, f"invalid request: {loc or 'body'}: {first.get('msg')}", param=loc,
+                    code="invalid_field")
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str | list[ContentPart] | None = ""
+
+    def text(self) -> str:
+        """The message's text; ValueError for non-text content parts."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        parts = []
+        for part in self.content:
+            if part.type != "text" or part.text is None:
+                raise ValueError(f"content part of type {part.type!r} is not supported (text only)")
+            parts.append(part.text)
+        return "".join(parts)
+
+
+class SamplingFields(BaseModel):
+    """Fields common to chat and text completions (OpenAI names; unknown fields are ignored,
+    as OpenAI clients send many optional ones)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int = Field(1, ge=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    logprobs: bool | int | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, v):
+        if v is None:
+            return []
+        return [v] if isinstance(v, str) else v
+
+    def token_limit(self) -> int | None:
+        """The request's `max_completion_tokens` (newer OpenAI name) or `max_tokens`; None = unset."""
+        return self.max_completion_tokens or self.max_tokens
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    continue_final_message: bool = False
+    add_generation_prompt: bool = True
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str]
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True
+
+
+def parse_body(body: bytes, schema: type[BaseModel], *, max_bytes: int) -> Any:
+    """Decode a JSON object body and validate it against `schema`; APIError (413/400) if not."""
+    if len(body) > max_bytes:
+        raise APIError(413, f"request body of {len(body)} bytes exceeds the limit of {max_bytes}",
+                       code="body_too_large")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
