@@ -212,3 +212,96 @@ def test_heuristic_max_thoughts_merges_smallest_neighbours():
     _assert_partition(capped, len(steps))
     # merging only removes boundaries, never invents new ones
     assert {t["start"] for t in capped} <= {t["start"] for t in free}
+
+
+# --------------------------------------------------------------------------- segment (default)
+
+from pathlib import Path  # noqa: E402
+
+from longshort.thoughts.references import label_segments, load_reference, step_labels  # noqa: E402
+from longshort.thoughts.segment import SegmentConfig, segment_chunk, step_cue, target_thoughts  # noqa: E402
+
+LONGCOT = Path(__file__).resolve().parents[2] / "shared" / "longcot"
+needs_longcot = pytest.mark.skipif(not (LONGCOT / "limo_r1_distill_qwen32b.jsonl").exists(),
+                                   reason="../shared/longcot not present")
+
+
+def test_segment_is_the_default_and_matches_planted_boundaries():
+    recs = generate(80, seed=23)
+    chunks = chunk_records(recs)
+    assert {c["chunk_method"] for c in chunks} == {"segment"}
+    for c in chunks:
+        _assert_partition(c["thoughts"], len(c["steps"]))
+    prf = boundary_prf([c["thoughts"] for c in chunks], [r["gold_thoughts"] for r in recs])
+    assert prf["f1"] >= 0.88, prf
+
+
+def test_segment_cues_are_generic_not_our_generator_phrases():
+    # wordings the generator never uses, in several styles; each names its function
+    assert step_cue("Before moving on, I want to confirm this result.")[0] == "verification"
+    assert step_cue("Let me double-check these values against the original equations.")[1] >= 2.5
+    assert step_cue("A different idea: count the complement instead.")[0] == "alternative"
+    assert step_cue("Now that I have y, can I find x?")[0] == "transition"
+    assert step_cue("Hence the final answer is 12.")[0] == "conclusion"
+    assert step_cue("等等，验证一下。")[0] in ("reflection", "verification")
+    assert step_cue("x = 2^(1/2) * y * z,") == (None, 0.0)
+
+
+def test_segment_granularity_scales_with_the_trace():
+    cfg = SegmentConfig()
+    assert target_thoughts(15, cfg) < 10 and target_thoughts(10, cfg) <= 6.5
+    assert 8 <= target_thoughts(135, cfg) <= 10 < target_thoughts(600, cfg) < 20
+    # a long derivation with a local "Wait, let me check that:" every few lines is not cut there
+    body = []
+    for k in range(12):
+        body += [f"Substitute {k} into the equation: y = {k} * x + {k + 1}.", f"So y = {2 * k + 1} when x = 2.",
+                 "Wait, let me check that:", f"{k} * 2 + {k + 1} = {3 * k + 1}. Yes."]
+    steps = ["Okay, so the problem asks for y when x = 2 for every line.", *body,
+             "Let me double-check all these values against the original equations from the start.",
+             *[f"Line {k}: {k} * 2 + {k + 1} = {3 * k + 1}, consistent." for k in range(12)],
+             "So the answer is 34.", "**Final Answer**\n\\boxed{34}"]
+    th = segment_chunk(steps, "For each k from 0 to 11, y = kx + k + 1; find y at x = 2.")
+    _assert_partition(th, len(steps))
+    assert len(th) <= 12
+    starts = {t["start"] for t in th}
+    assert 2 + len(body) in starts  # the verification pass over everything is its own thought
+    assert th[-1]["category"] == "conclusion" and th[0]["category"] == "understanding"
+
+
+def test_reference_mapping_from_sentence_labels():
+    steps = ["Okay. I read the problem: find n.", "So n = 3 + 4 = 7.", "Let me check: 7 - 4 = 3. Right."]
+    units = [("Okay.", "Read"), ("I read the problem: find n.", "Read"), ("So n = 3 + 4 = 7.", "Implement"),
+             ("Let me check:", "Verify"), ("7 - 4 = 3.", "Verify"), ("Right.", "Verify")]
+    labels = step_labels(steps, units)
+    assert labels == ["Read", "Implement", "Verify"]
+    assert [(t["start"], t["end"]) for t in label_segments(labels)] == [(1, 1), (2, 2), (3, 3)]
+    assert step_labels(steps, [("not in the trace", "X")]) == [None, None, None]
+
+
+@needs_longcot
+def test_segment_on_real_traces_of_several_models():
+    import statistics
+
+    files = {"limo_r1_distill_qwen32b": (6, 14), "aime24_gemini2_flash_thinking": (4, 12),
+             "skyt1_32b_aime24": (8, 24), "sat_deepseek_r1": (3, 9)}
+    for name, (lo, hi) in files.items():
+        recs = load_traces(LONGCOT / f"{name}.jsonl")[:40]
+        chunks = chunk_records(recs)
+        for c in chunks:
+            _assert_partition(c["thoughts"], len(c["steps"]))
+        med = statistics.median(len(c["thoughts"]) for c in chunks)
+        assert lo <= med <= hi, (name, med)
+        # far fewer thoughts than the marker heuristic, which makes one per "Wait"
+        heur = chunk_records(recs, ChunkConfig(method="heuristic"))
+        if name != "sat_deepseek_r1":
+            assert sum(len(c["thoughts"]) for c in chunks) < 0.7 * sum(len(c["thoughts"]) for c in heur)
+
+
+@needs_longcot
+def test_episode_reference_is_read_and_scored():
+    pairs = load_reference(LONGCOT / "sat_deepseek_r1_sentences.jsonl", LONGCOT / "sat_deepseek_r1.jsonl")
+    assert len(pairs) == 38
+    pred = [chunk_records([r])[0]["thoughts"] for r, _ in pairs]
+    prf = boundary_prf(pred, [ref for _, ref in pairs], tolerance=1)
+    # fine-grained episodes: precision high, recall limited by the coarser granularity
+    assert prf["precision"] > 0.6 and prf["f1"] > 0.4, prf

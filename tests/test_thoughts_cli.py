@@ -29,7 +29,7 @@ def test_pipeline_end_to_end(tmp_path, capsys):
     assert len(_rows(synth)) == 2
     assert main(["chunk", "--input", str(synth), "--out", str(chunks)]) == 0
     rows = _rows(chunks)
-    assert len(rows) == 2 and all(r["chunk_method"] == "heuristic" and r["thoughts"] for r in rows)
+    assert len(rows) == 2 and all(r["chunk_method"] == "segment" and r["thoughts"] for r in rows)
     capsys.readouterr()
     args = ["score", "--input", str(chunks), "--out", str(scored), "--model", "tiny-random",
             "--rollouts", "2", "--max-new-tokens", "4"]

@@ -44,7 +44,8 @@ def _check_out(inp: Path, out: Path) -> None:
 def chunk(
     input: Path = typer.Option(..., "--input", "-i", help="Long-CoT JSONL {id?, problem, answer, response}."),
     out: Path = typer.Option(..., "--out", "-o", help="Chunk records JSONL (appended, resumable by id)."),
-    method: str = typer.Option("heuristic", help="heuristic | llm | gold (planted thoughts of synth traces)."),
+    method: str = typer.Option("segment", help="segment (no model, human granularity) | heuristic (no model, "
+                               "one thought per marker) | llm | gold (planted thoughts of synth traces)."),
     model: str = typer.Option("smollm2-135m", help=MODEL_HELP + " Used by --method llm."),
     engine: str = typer.Option("transformers", help="transformers | openai | vllm (llm method)."),
     base_url: str | None = typer.Option(None, help="OpenAI-compatible server URL for --engine openai."),
@@ -62,8 +63,8 @@ def chunk(
     from longshort.thoughts.chunking import ChunkConfig, HeuristicConfig, LLMChunkConfig, chunk_records
     from longshort.thoughts.ingest import load_traces
 
-    if method not in ("heuristic", "llm", "gold"):
-        raise LongshortError(f"unknown --method {method!r}; accepted: heuristic, llm, gold")
+    if method not in ("segment", "heuristic", "llm", "gold"):
+        raise LongshortError(f"unknown --method {method!r}; accepted: segment, heuristic, llm, gold")
     _check_out(input, out)
     stats = ReadStats()
     records = load_traces(input, skip_bad=skip_bad, stats=stats)
@@ -136,7 +137,7 @@ class _TokenizerOnly:
 
 
 def _read_scoring_input(path: Path, skip_bad: bool, stats: ReadStats) -> list[dict[str, Any]]:
-    """Chunk records, or raw traces (chunked here with the heuristic and flagged)."""
+    """Chunk records, or raw traces (chunked here with the default chunker and flagged)."""
     from longshort.thoughts.chunking import chunk_records
     from longshort.thoughts.importance import check_answer, validate_scoring_record
     from longshort.thoughts.ingest import _line_numbers, normalize_trace

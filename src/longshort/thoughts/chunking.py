@@ -1,17 +1,21 @@
 """Group the steps of a long CoT into thoughts (DESIGN §5).
 
 A thought is `{start, end, type, category, text}` with 1-based inclusive step indices; the
-thoughts of a trace are contiguous and cover every step exactly once. Two chunkers:
+thoughts of a trace are contiguous and cover every step exactly once. Chunkers:
 
-- `heuristic` (no model): a new thought starts at a step that opens with a discourse marker
+- `segment` (no model, the default): thoughts at the granularity people mark (one purpose per
+  thought: understanding, plan, a derivation, a verification pass, an alternative, the
+  conclusion), from generic cues, lexical cohesion and a target length that scales with the
+  trace; see `thoughts.segment`.
+- `heuristic` (no model, fine-grained): a new thought starts at a step that opens with a discourse marker
   ("Wait", "Alternatively", "Let me verify/check", "So the answer", "Hmm", "First/Next/Now", a
   case label...) or, inside long runs, where the vocabulary shifts (little overlap with the
   running thought). Each thought gets the category of its opening marker.
 - `llm` (any engine): the numbered steps go to a model that returns JSON ranges with a type.
   The answer is validated for contiguity and coverage; small defects are repaired (overlaps
   clipped, gaps merged into the previous thought, ends extended); an unusable answer is
-  retried (another seed) up to `max_retries` times, then the trace falls back to `heuristic`
-  with the flag `llm_fallback`.
+  retried (another seed) up to `max_retries` times, then the trace falls back to the
+  model-free `fallback` chunker (`segment` by default) with the flag `llm_fallback`.
 
 `chunk_records` runs either method on validated trace records and returns chunk records:
 the trace fields plus `steps`, `thoughts`, `after` (post-thinking answer), `chunk_method`
@@ -27,6 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from longshort.thoughts.segment import SegmentConfig, segment_chunk
 from longshort.thoughts.steps import Steps, split_steps
 
 CATEGORIES = ("understanding", "planning", "computation", "verification", "alternative",
@@ -397,10 +402,14 @@ def _llm_attempt(text: str, n_steps: int, cfg: LLMChunkConfig
 
 def llm_chunk_many(items: Sequence[tuple[str, Sequence[str]]], engine: Any,
                    config: LLMChunkConfig | None = None,
-                   heuristic: HeuristicConfig | None = None, progress: bool = False
-                   ) -> list[tuple[list[dict[str, Any]], list[str]]]:
+                   heuristic: HeuristicConfig | None = None, progress: bool = False,
+                   fallback: Any = None) -> list[tuple[list[dict[str, Any]], list[str]]]:
     """Chunk many traces `(problem, steps)` with an engine, batched: each round sends one
-    request per trace still unresolved. Returns (thoughts, flags) per trace."""
+    request per trace still unresolved. Returns (thoughts, flags) per trace. `fallback(problem,
+    steps)` chunks a trace the model could not (default: `heuristic_chunk`)."""
+    if fallback is None:
+        def fallback(problem: str, steps: Sequence[str]) -> list[dict[str, Any]]:
+            return heuristic_chunk(steps, heuristic)
     from longshort.engines.base import GenerationRequest, SamplingParams
 
     cfg = config or LLMChunkConfig()
@@ -409,7 +418,7 @@ def llm_chunk_many(items: Sequence[tuple[str, Sequence[str]]], engine: Any,
     for i, (problem, steps) in enumerate(items):
         prompt = fit_chunk_prompt(problem, steps, engine, cfg)
         if prompt is None:  # cannot fit the model's context even with steps cut short
-            results[i] = (heuristic_chunk(steps, heuristic), ["llm_prompt_too_long", "llm_fallback"])
+            results[i] = (fallback(problem, steps), ["llm_prompt_too_long", "llm_fallback"])
         else:
             prompts[i] = prompt
     pending = sorted(prompts)
@@ -437,7 +446,7 @@ def llm_chunk_many(items: Sequence[tuple[str, Sequence[str]]], engine: Any,
             results[i] = ([make_thought(steps, s, e, t) for s, e, t in fixed], flags)
         pending = still
     for i in pending:
-        results[i] = (heuristic_chunk(items[i][1], heuristic), ["llm_fallback"])
+        results[i] = (fallback(*items[i]), ["llm_fallback"])
     return [r for r in results if r is not None]
 
 
@@ -447,9 +456,14 @@ def llm_chunk_many(items: Sequence[tuple[str, Sequence[str]]], engine: Any,
 class ChunkConfig(BaseModel):
     """Which chunker and its settings (used by `longshort chunk` and the pipeline)."""
 
-    method: Literal["heuristic", "llm", "gold"] = Field("heuristic", description="'heuristic' "
-                                                        "needs no model; 'llm' asks an engine; 'gold' uses "
-                                                        "the planted thoughts of synthetic traces.")
+    method: Literal["segment", "heuristic", "llm", "gold"] = Field(
+        "segment", description="'segment' (no model) groups steps by purpose at human granularity; "
+        "'heuristic' (no model) splits at every discourse marker; 'llm' asks an engine; 'gold' uses "
+        "the planted thoughts of synthetic traces.")
+    segment: SegmentConfig = Field(default_factory=SegmentConfig,
+                                   description="Human-granularity chunker settings.")
+    fallback: Literal["segment", "heuristic"] = Field("segment", description="Model-free chunker "
+                                                      "used when the llm answer is unusable.")
     heuristic: HeuristicConfig = Field(default_factory=HeuristicConfig,
                                        description="Rule-based chunker settings.")
     llm: LLMChunkConfig = Field(default_factory=LLMChunkConfig, description="Model-based chunker settings.")
@@ -471,8 +485,13 @@ def chunk_records(records: Sequence[dict[str, Any]], config: ChunkConfig | None 
     if cfg.method == "llm":
         if engine is None:
             raise ValueError("the llm chunker needs an engine")
+        def fallback(problem: str, steps: Sequence[str]) -> list[dict[str, Any]]:
+            if cfg.fallback == "segment":
+                return segment_chunk(steps, problem, cfg.segment)
+            return heuristic_chunk(steps, cfg.heuristic)
+
         res = llm_chunk_many([(r["problem"], s.steps) for r, s in zip(records, split, strict=True)],
-                             engine, cfg.llm, cfg.heuristic, progress=progress)
+                             engine, cfg.llm, cfg.heuristic, progress=progress, fallback=fallback)
         return [chunk_record(r, t, s, "llm", f) for r, s, (t, f) in zip(records, split, res, strict=True)]
     out = []
     for r, s in zip(records, split, strict=True):
@@ -485,12 +504,14 @@ def chunk_records(records: Sequence[dict[str, Any]], config: ChunkConfig | None 
             if problems:
                 raise ValueError(f"record {r.get('id')}: gold_thoughts invalid: {problems[0]}")
             out.append(chunk_record(r, th, s, "gold", []))
+        elif cfg.method == "segment":
+            out.append(chunk_record(r, segment_chunk(s.steps, r.get("problem", ""), cfg.segment), s, "segment", []))
         else:
             out.append(chunk_record(r, heuristic_chunk(s.steps, cfg.heuristic), s, "heuristic", []))
     return out
 
 
-def chunk(response: str, method: str = "heuristic", *, problem: str = "", engine: Any = None,
+def chunk(response: str, method: str = "segment", *, problem: str = "", engine: Any = None,
           config: ChunkConfig | None = None) -> list[dict[str, Any]]:
     """Thoughts of one response (convenience wrapper over `chunk_records`)."""
     cfg = (config or ChunkConfig()).model_copy(update={"method": method})
