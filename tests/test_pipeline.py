@@ -155,8 +155,9 @@ def test_smoke_every_stage_output(smoke_run):
     assert all(e["role"] == "long" and e["completion"].startswith("<think>") for e in long_ex)
     assert all(e["role"] == "short" and e["completion"].startswith("<answer>") for e in short_ex)
 
-    for name in ("long", "short", "baseline"):
+    for name in ("long", "short"):
         assert (out / "sft" / name / "config.json").exists()
+    assert (out / "baseline" / "model" / "config.json").exists()
     rl = json.loads((out / "rl" / "DONE").read_text())["summary"]
     assert rl["schedule"] == ["long", "short"]
     assert Path(rl["long"]).name == "iter0_long" and Path(rl["short"]).name == "iter1_short"
@@ -170,7 +171,7 @@ def test_smoke_every_stage_output(smoke_run):
     pair_cfg = json.loads((out / "eval" / "synthetic" / "pair" / "config.json").read_text())
     assert pair_cfg["long_model"] == rl["long"] and pair_cfg["short_model"] == rl["short"]
     base_cfg = json.loads((out / "eval" / "synthetic" / "baseline" / "config.json").read_text())
-    assert base_cfg["long_model"].endswith("sft/baseline")
+    assert base_cfg["long_model"].endswith("baseline/model")
 
 
 def test_smoke_report_and_metrics(smoke_run):
@@ -242,7 +243,8 @@ def test_training_under_accelerate_launch(smoke_run, tmp_path):
     """The multi-GPU path (`launch.accelerate_config`): SFT runs as `accelerate launch -m
     longshort.cli sft --config RUN.json ...`; here with a one-process CPU accelerate config."""
     from longshort.config import sft_run_config
-    from longshort.pipeline import RunContext, _console, _launch
+    from longshort.pipeline.context import Console, RunContext
+    from longshort.pipeline.training import launch
 
     acc = tmp_path / "cpu.yaml"
     acc.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nmixed_precision: 'no'\n"
@@ -254,7 +256,7 @@ def test_training_under_accelerate_launch(smoke_run, tmp_path):
     cfg = load_config(recipe)
     run_cfg = sft_run_config(cfg, role="short", data=str(smoke_run / "coldstart" / "short.jsonl"),
                              model="tiny-random", out=str(tmp_path / "short"))
-    out = _launch(RunContext(cfg, tmp_path, False, _console()), "sft", run_cfg, tmp_path / "short.run.json",
+    out = launch(RunContext(cfg, tmp_path, False, Console()), "sft", run_cfg, tmp_path / "short.run.json",
                   ["--role", "short", "--data", run_cfg.data, "--model", run_cfg.model, "--out", run_cfg.out])
     assert json.loads((tmp_path / "short.run.json").read_text())["max_steps"] == 1
     assert (Path(out) / "config.json").exists() and (Path(out) / "longshort_run.json").exists()

@@ -16,6 +16,10 @@ def pipeline(
     resume: bool = typer.Option(False, "--resume", help="continue a run: skip finished stages, resume the "
                                 "unfinished one"),
     check: bool = typer.Option(False, "--check", help="only validate the recipe and print it resolved"),
+    stop_after: str = typer.Option(None, "--stop-after", help="end after this stage (data, chunk, baseline, "
+                                   "score, coldstart, sft, rl, eval); default: the recipe's stop_after, else all"),
+    verbose: bool = typer.Option(False, "--verbose", help="show the stages' own output (trainer logs, progress "
+                                 "bars, warnings) on the terminal; by default it goes to OUT/pipeline.log"),
 ) -> None:
     """Run data → chunk → score → coldstart → sft → rl → eval → report from one recipe."""
     from longshort.config import dump_config, load_config
@@ -25,8 +29,11 @@ def pipeline(
         typer.echo(dump_config(cfg), nl=False)
         typer.echo(f"{config}: valid", err=True)
         return
-    from longshort.pipeline import run_pipeline
+    from longshort.pipeline import STAGE_NAMES, run_pipeline
 
-    run_dir = run_pipeline(config, out, resume)
+    if stop_after is not None and stop_after not in STAGE_NAMES:
+        raise typer.BadParameter(f"unknown stage {stop_after!r}; stages: {', '.join(STAGE_NAMES)}",
+                                 param_hint="--stop-after")
+    run_dir = run_pipeline(config, out, resume, stop_after=stop_after, verbose=verbose)
     report = run_dir / "report.md"
     typer.echo(f"report: {report}" if report.exists() else f"run directory: {run_dir}")
