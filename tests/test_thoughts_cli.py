@@ -72,11 +72,12 @@ def test_chunk_bad_input_one_line_error(tmp_path, capsys, content, needle):
     src = tmp_path / "t.jsonl"
     src.write_text(content)
     out = tmp_path / "out.jsonl"
-    out.write_text('{"id": "keep", "x": 1}\n')
+    kept = '{"id": "keep", "thoughts": [], "chunk_method": "heuristic"}\n'  # an earlier chunk record
+    out.write_text(kept)
     assert main(["chunk", "--input", str(src), "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert needle in err and err.startswith("error: ") and len(err.strip().splitlines()) == 1
-    assert out.read_text() == '{"id": "keep", "x": 1}\n'  # nothing written is damaged
+    assert out.read_text() == kept  # nothing written is damaged
 
 
 def test_chunk_skip_bad_and_no_blank_lines(tmp_path, capsys):

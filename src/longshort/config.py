@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from longshort.dialogue.collab import CollabConfig
 from longshort.errors import InputError
+from longshort.io import compose_yaml, read_yaml
+from longshort.models import spec_problem
 from longshort.thoughts.chunking import ChunkConfig
 from longshort.thoughts.coldstart import ColdStartConfig
 from longshort.thoughts.importance import ImportanceConfig
@@ -41,8 +43,14 @@ class ModelsConfig(_Strict):
 
     base: str = Field("smollm2-135m", description="starting point of both roles' SFT; the embedded "
                       "model by default because it runs anywhere without downloads")
-    scorer: str | None = Field(None, description="model that samples the Monte Carlo rollouts; None = "
-                               "`base` (the paper scores with the model that will learn the split)")
+    scorer: str | None = Field(None, description="model that scores importance; None = `base` (the paper "
+                               "scores with the model that will learn the split); `baseline` = the pipeline's own "
+                               "long-CoT baseline, fine-tuned on the traces first (a model that knows the task "
+                               "sees what each thought adds); or any model spec")
+    pair_init: Literal["base", "baseline"] = Field("base", description="what both roles' cold-start SFT "
+                                                   "starts from: `base`, or the pipeline's long-CoT `baseline` "
+                                                   "(fine-tuned on the whole traces first; it already knows the "
+                                                   "task, so the split is learnt in fewer steps)")
     engine: Literal["transformers", "hf", "vllm", "openai"] = Field(
         "transformers", description="generation engine for scoring and evaluation; transformers "
         "works on CPU, vllm is the fast choice on GPUs")
@@ -76,6 +84,10 @@ class DataConfig(_Strict):
     traces: Path | None = Field(None, description="long-CoT JSONL (source 'file'): "
                                 "{id?, problem, answer, response}")
     skip_bad: bool = Field(False, description="skip and count bad trace records instead of stopping")
+    decontaminate: bool = Field(True, description="drop training traces whose problem (normalised text) is in "
+                                "an evaluation set or in `decontaminate_against`, and count them")
+    decontaminate_against: list[str] = Field(default_factory=list, description="more benchmarks (names or "
+                                             "JSONL paths) no training problem may come from, e.g. [aime24, math500]")
     data_dir: Path | None = Field(None, description="benchmark directory; None = $LONGSHORT_DATA or "
                                   "../shared/benchmarks")
     eval: list[EvalSet] = Field(default_factory=lambda: [EvalSet(name="synthetic", limit=32)],
@@ -120,6 +132,16 @@ class LaunchConfig(_Strict):
                                            "longshort.cli sft|rl`; None = in-process, enough for one device")
     num_processes: int | None = Field(None, ge=1, description="processes (GPUs) for accelerate launch; "
                                       "None = what the accelerate config says")
+
+
+class QualityConfig(_Strict):
+    """Extra measurements of the score stage on planted traces (they cost scoring time)."""
+
+    gold_boundaries: bool = Field(True, description="also score the planted traces with their gold "
+                                  "boundaries, separating chunking error from scoring error")
+    compare_traces: int = Field(0, ge=0, description="score the first N traces with the other estimator too "
+                                "(rollout vs forced), for its AUROC and the rank agreement; 0 = off (rollouts "
+                                "are costly on CPU)")
 
 
 class ReportConfig(_Strict):
@@ -182,7 +204,10 @@ class PipelineConfig(_Strict):
     sft: SFTSettings = Field(default_factory=SFTSettings, description="cold-start SFT (both roles)")
     rl: RLSettings = Field(default_factory=RLSettings, description="alternating multi-turn RL")
     eval: EvalStageConfig = Field(default_factory=EvalStageConfig, description="evaluation of the systems")
+    quality: QualityConfig = Field(default_factory=QualityConfig, description="extra quality measurements")
     report: ReportConfig = Field(default_factory=ReportConfig, description="the report")
+    stop_after: str | None = Field(None, description="end the run after this stage (data, chunk, baseline, "
+                                   "score, ...); None = run every stage")
 
     @model_validator(mode="after")
     def _check_templates(self) -> PipelineConfig:
@@ -199,14 +224,8 @@ def load_config(path: str | os.PathLike) -> PipelineConfig:
         raise InputError("config file not found", path=str(p))
     if p.is_dir():
         raise InputError("is a directory, expected a YAML recipe", path=str(p))
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise InputError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", path=str(p), line=line) from None
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text: {exc}", path=str(p)) from None
+    # no aliases (alias bombs), capped depth and size, a key given twice is an error
+    raw = read_yaml(p)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -262,8 +281,8 @@ def _unknown_key(cls: type[BaseModel], data: Any, loc: tuple) -> tuple | None:
 def _line_of(path: Path, loc: tuple) -> int | None:
     """Best effort: the line of the YAML key at `loc` (the last string key found in order)."""
     try:
-        node = yaml.compose(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
+        node = compose_yaml(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, InputError, UnicodeDecodeError, OSError):
         return None
     line = None
     for key in loc:
@@ -299,13 +318,38 @@ def _check_paths(config: PipelineConfig, path: Path) -> None:
     for i, ev in enumerate(d.eval):
         if ev.name.endswith((".jsonl", ".jsonl.gz", ".json")) and not Path(ev.name).expanduser().is_file():
             raise missing(f"data.eval.{i}.name", ev.name, "evaluation file")
+        why = _eval_set_problem(ev.name)
+        if why:
+            loc = ("data", "eval", i, "name")
+            raise InputError(why, path=str(path), line=_line_of(path, loc), field=f"data.eval.{i}.name")
     acc = config.launch.accelerate_config
     if acc is not None and not Path(acc).expanduser().is_file():
         raise missing("launch.accelerate_config", acc, "accelerate config")
     for field in ("base", "scorer"):
         spec = getattr(config.models, field)
+        if field == "scorer" and spec == "baseline":  # the run's own long-CoT baseline, trained first
+            continue
         if spec and _looks_local(spec) and not Path(spec).expanduser().exists():
             raise missing(f"models.{field}", spec, "model path")
+        why = spec_problem(spec) if spec else None
+        if why:
+            raise InputError(why, path=str(path), line=_line_of(path, ("models", field)), field=f"models.{field}")
+
+
+def _eval_set_problem(name: str) -> str | None:
+    """Why an evaluation set name names nothing (None when it is fine): 'synthetic', a registered
+    benchmark, a hub dataset or an existing file."""
+    from longshort.evaluation.benchmarks import benchmark_spec, known_benchmarks
+
+    if name == "synthetic" or benchmark_spec(name) is not None or name.startswith("hub:"):
+        return None
+    p = Path(name).expanduser()
+    if p.is_file():
+        return None
+    if p.is_dir():
+        return f"{name!r} is a directory, expected a JSONL file of problems"
+    return (f"unknown evaluation set {name!r}; expected 'synthetic', a benchmark "
+            f"({', '.join(known_benchmarks())}), hub:DATASET[:CONFIG][@SPLIT] or an existing JSONL path")
 
 
 def dump_config(config: PipelineConfig) -> str:

@@ -17,6 +17,7 @@ class InputError(LongshortError):
     def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
                  field: str | None = None):
         self.path, self.line, self.field = path, line, field
+        self.message = message
         where = ":".join(str(p) for p in (path, line) if p is not None)
         prefix = f"{where}: " if where else ""
         fld = f"field '{field}': " if field else ""

@@ -38,6 +38,7 @@ from longshort.io import ReadStats, ResumableWriter, write_json_atomic, write_te
 
 PASSTHROUGH = ("answer", "choices", "benchmark", "grading", "subject", "level")
 # Fields of config.json that must match when a run directory is resumed.
+PRED_FIELDS = ("turns", "problem_id")  # what every record of predictions.jsonl holds
 IDENTITY = ("benchmark", "mode", "long_model", "short_model", "samples", "seed")
 
 
@@ -78,28 +79,10 @@ class EvalConfig(BaseModel):
 
 
 def environment_manifest(seed: int) -> dict[str, Any]:
-    """Package versions, Python, platform, seed and git revision (DESIGN §8)."""
-    pkgs = {}
-    for name in ("longshort", "torch", "transformers", "trl", "datasets", "accelerate", "peft",
-                 "math-verify", "latex2sympy2_extended", "sympy", "pydantic", "typer"):
-        try:
-            pkgs[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    rev = None
-    try:
-        repo = Path(__file__).resolve().parents[2]
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-        if out.returncode == 0:
-            rev = out.stdout.strip()
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                                   capture_output=True, text=True, timeout=10)
-            if dirty.returncode == 0 and dirty.stdout.strip():
-                rev += "+dirty"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"packages": pkgs, "python": sys.version.split()[0], "platform": platform.platform(),
-            "seed": seed, "git_revision": rev}
+    """The run's environment manifest (one schema for every command: `longshort.rundir`)."""
+    from longshort.rundir import environment_manifest as manifest
+
+    return manifest(seed)
 
 
 def load_run_metrics(run_dir: str | Path) -> dict[str, Any]:
@@ -198,14 +181,17 @@ def run_eval(config: EvalConfig, out_dir: str | Path, *, resume: bool = True, pr
     ids = {p["id"] for p in problems}
     expected = len(problems) * cfg.samples
     pred_path = out / "predictions.jsonl"
-    writer = ResumableWriter(pred_path, resume=True) if resume and pred_path.exists() else None
+    # checks the old predictions (a bad line in the middle, or records that are not dialogue
+    # records, stop here and change nothing; only a torn last line is dropped)
+    writer = ResumableWriter(pred_path, resume=True, expect=PRED_FIELDS, skip_bad=cfg.skip_bad) \
+        if resume and pred_path.exists() else None
     todo = expected - (sum(1 for r in writer.records if str(r.get("problem_id")) in ids) if writer else 0)
     owned = engines is None and todo > 0
     long_engine, short_engine = engines if engines is not None else (
         _build_engines(cfg) if todo > 0 else (None, None))
     out.mkdir(parents=True, exist_ok=True)
     if writer is None:
-        writer = ResumableWriter(pred_path, resume=resume)
+        writer = ResumableWriter(pred_path, resume=resume, expect=PRED_FIELDS, skip_bad=cfg.skip_bad)
     write_json_atomic(out / "config.json", cfg.model_dump())
     try:
         if todo > 0:

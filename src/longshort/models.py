@@ -317,6 +317,24 @@ def resolve_model_path(spec: str) -> str:
     raise LongshortError(f"unknown model spec {spec!r}; {SPEC_HELP}")
 
 
+def spec_problem(spec: str) -> str | None:
+    """Why `spec` cannot name a model, checked without loading or building anything (None when
+    it may: a built-in spec, an existing .gguf file or model directory, or a hub id)."""
+    if not isinstance(spec, str) or not spec.strip():
+        return f"empty model spec; {SPEC_HELP}"
+    spec = spec.strip()
+    if spec in _BUILTIN_DIRS:
+        return None
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return None
+    if path.is_dir():
+        return None if (path / "config.json").exists() else f"model directory {path} has no config.json"
+    if _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
+        return None
+    return f"unknown model spec {spec!r}; {SPEC_HELP}"
+
+
 _HUB_STATE: dict[str, bool] = {}
 
 

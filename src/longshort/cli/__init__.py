@@ -23,17 +23,45 @@ from longshort.errors import LongshortError
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `longshort` console command."""
+    """Entry point of the `longshort` console command: returns the exit code. Every error a user
+    can cause is one line on stderr (`error: ...`), never a traceback: usage errors (exit 2),
+    `LongshortError` (exit 1), and files the system refuses (permissions, a full disk: exit 1)."""
+    try:  # typer >= 0.2x vendors its own copy of click and raises that copy's exceptions
+        from typer import _click as click
+    except ImportError:  # pragma: no cover - older typer uses click itself
+        import click
+
     command = typer.main.get_command(app)
     try:
-        # standalone mode handles usage errors and --help itself (exit 2 / 0).
-        command.main(args=argv, prog_name="longshort", standalone_mode=True)
+        rv = command.main(args=argv, prog_name="longshort", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.ClickException as exc:
+        msg = " ".join(exc.format_message().split())
+        hint = ""
+        ctx = getattr(exc, "ctx", None)
+        if isinstance(exc, click.exceptions.UsageError) and ctx is not None:
+            hint = f" (see {ctx.command_path} --help)"
+        print(f"error: {msg}{hint}", file=sys.stderr)
+        return exc.exit_code
+    except typer.Abort:
+        print("interrupted; finished records are kept, rerun to resume", file=sys.stderr)
+        return 130
     except LongshortError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; finished records are kept, rerun to resume", file=sys.stderr)
         return 130
+    except OSError as exc:  # the environment refused: permissions, a full disk, a vanished file
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if isinstance(rv, int) and not isinstance(rv, bool):  # an Exit code (e.g. --help: 0)
+        if rv == 130:
+            print("interrupted; finished records are kept, rerun to resume", file=sys.stderr)
+        return rv
     return 0
 
 

@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 
 from longshort.cli.app import app
-from longshort.errors import InputError, LongshortError
+from longshort.errors import InputError
 
 _MODES = ("collab", "long", "short")
 
@@ -68,6 +68,9 @@ def eval_command(
     except ValidationError as exc:
         err = exc.errors()[0]
         raise InputError(f"{err['msg']}", field=".".join(str(x) for x in err["loc"])) from None
+    from longshort.io import check_output_dir
+
+    check_output_dir(out)
     m = run_eval(cfg, out, resume=resume, progress=progress,
                  command="longshort " + " ".join(sys.argv[1:]) if sys.argv else None)
     p1 = m["pass_at_1"]
@@ -102,6 +105,12 @@ def compare_command(
     from longshort.harness import load_run_metrics
     from longshort.io import write_text_atomic
 
+    from longshort.io import check_output_file
+
+    if plot is not None:
+        check_output_file(plot, option="--plot")
+        if plot.suffix.lower() != ".png":
+            raise InputError("expected a .png file name", path=str(plot), field="--plot")
     loaded = [(str(r), load_run_metrics(r)) for r in runs]
     labels = [Path(r).name or str(r) for r, _ in loaded]
     if len(set(labels)) < len(labels):
@@ -118,6 +127,8 @@ def compare_command(
     if len(benchmarks) > 1:
         print(f"note: the runs cover different benchmarks ({', '.join(sorted(map(str, benchmarks)))})")
     png = plot or Path(runs[0]).resolve().parent / "accuracy_vs_tokens.png"
+    check_output_file(png, option="--plot")
+    check_output_file(png.with_suffix(".md"), option="--plot")
     plot_accuracy_vs_tokens(rows, png)
     write_text_atomic(png.with_suffix(".md"), comparison_markdown(rows))
     print(f"wrote {png} and {png.with_suffix('.md')}")
@@ -133,10 +144,24 @@ def grade_command(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also print the extracted answer and the rule")] = False,
 ) -> None:
     """Print `correct` or `wrong` for PRED against GOLD (exit 0 either way)."""
-    from longshort.evaluation.grading import grade_detail
+    import math
+
+    from longshort.evaluation.grading import LETTERS, gold_choice, grade_detail
 
     if not gold.strip():
-        raise LongshortError("GOLD is empty")
+        raise InputError("empty", field="GOLD")
+    if not math.isfinite(timeout) or timeout > 3600:
+        raise InputError(f"expected a number of seconds between 0.01 and 3600, got {timeout}", field="--timeout")
+    if choices:
+        if not 2 <= len(choices) <= len(LETTERS):
+            raise InputError(f"expected 2 to {len(LETTERS)} choices, got {len(choices)}", field="--choices")
+        for i, c in enumerate(choices):
+            if not c.strip():
+                raise InputError(f"choice {LETTERS[i]} is empty", field="--choices")
+        if gold_choice(gold, choices) is None:
+            shown = ", ".join(LETTERS[:len(choices)])
+            raise InputError(f"gold {gold.strip()[:80]!r} is not a choice: give a letter ({shown}) or the "
+                             "text of one of the --choices", field="GOLD")
     res = grade_detail(prediction, gold, choices=choices or None, timeout=timeout)
     print("correct" if res.correct else "wrong")
     if verbose:

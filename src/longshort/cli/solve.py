@@ -9,7 +9,7 @@ dialogues in flight and a rerun picks up where it stopped.
 from __future__ import annotations
 
 import hashlib
-import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -33,46 +33,59 @@ def _config(overrides: dict[str, Any]):
         raise LongshortError(f"{name}: {err['msg']}") from None
 
 
-def _check_out_file(out: Path, inputs: Path | None) -> None:
-    """Refuse an --out that we could damage: the input itself, a directory, or a file whose
-    complete lines are not all JSON records (only a torn last line may be dropped on resume)."""
-    if inputs is not None and out.resolve() == inputs.resolve():
-        raise InputError("--out is the input file; choose another output path", path=str(out))
-    if out.is_dir():
-        raise InputError("is a directory, expected a JSONL file", path=str(out))
-    if not out.exists():
-        return
-    with open(out, "rb") as fh:
-        lines = fh.read().split(b"\n")
-    for lineno, raw in enumerate(lines[:-1], start=1):  # lines[-1]: after the last newline
-        if not raw.strip():
-            continue
-        try:
-            rec = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InputError("not a JSON record; refusing to append to it", path=str(out),
-                             line=lineno) from None
-        if not isinstance(rec, dict) or "id" not in rec:
-            raise InputError("record without an id; refusing to append to it", path=str(out),
-                             line=lineno, field="id")
+# what every record this command writes holds: refuse to append to a JSONL of anything else
+OUT_FIELDS = ("turns", "final_answer")
+
+
+def _check_out_file(out: Path, inputs: Path | None, skip_bad: bool = False) -> None:
+    """Refuse an --out that we could damage: the input itself, a directory, a file that is not
+    a JSONL of dialogue records, or one with a bad line in the middle (only a torn last line, an
+    interrupted append, is ever dropped on resume)."""
+    from longshort.io import check_output_file, scan_output
+
+    check_output_file(out, inputs=[inputs])
+    scan_output(out, expect=OUT_FIELDS, skip_bad=skip_bad)
 
 
 def _load_problems(file: Path, skip_bad: bool) -> list[dict[str, Any]]:
-    from longshort.io import ReadStats, ensure_ids, read_jsonl
+    from longshort.io import ReadStats, ensure_ids, iter_jsonl_numbered
 
     stats = ReadStats()
-    records = read_jsonl(file, required=["problem"], skip_bad=skip_bad, stats=stats)
-    for i, rec in enumerate(records):
-        if not isinstance(rec["problem"], str):
-            raise InputError("expected a string", path=str(file), line=i + 1, field="problem")
+    records, lines = [], []
+    for line, rec in iter_jsonl_numbered(file, skip_bad=skip_bad, stats=stats):
+        try:
+            _check_problem_record(rec, str(file), line)
+        except InputError as exc:
+            if not skip_bad:
+                raise
+            stats.skipped += 1
+            stats.reasons.append(str(exc))
+            continue
+        records.append(rec)
+        lines.append(line)
     if stats.skipped:
-        typer.echo(f"skipped {stats.skipped} bad line(s) in {file} (--skip-bad)", err=True)
+        typer.echo(f"skipped {stats.skipped} bad line(s) in {file} (--skip-bad); first: {stats.reasons[0]}",
+                   err=True)
     if not records:
-        raise InputError("no problems in the file", path=str(file))
-    try:
-        return ensure_ids(records, prefix=f"{file.stem}-")
-    except InputError as exc:
-        raise InputError(str(exc), path=str(file)) from None
+        raise InputError("no records" if not stats.skipped else "no records left after skipping bad ones",
+                         path=str(file))
+    return ensure_ids(records, prefix=f"{file.stem}-", path=str(file), lines=lines)
+
+
+def _check_problem_record(rec: dict[str, Any], path: str, line: int) -> None:
+    """The fields `solve` uses: `problem` (a string, not too long), `answer` (optional: a string
+    or a finite number), `choices` (optional: 2-10 strings)."""
+    from longshort.io import check_answer, check_text
+
+    if "problem" not in rec or rec["problem"] is None:
+        raise InputError("missing", path=path, line=line, field="problem")
+    rec["problem"] = check_text(rec["problem"], path=path, line=line, field="problem")
+    if rec.get("answer") is not None:
+        rec["answer"] = check_answer(rec["answer"], path=path, line=line)
+    ch = rec.get("choices")
+    if ch is not None and not (isinstance(ch, list) and 2 <= len(ch) <= 10
+                               and all(isinstance(c, str) and c.strip() for c in ch)):
+        raise InputError("expected a list of 2-10 non-empty strings", path=path, line=line, field="choices")
 
 
 def _make_engines(long: str, short: str, engine: str, base_url: str | None):
@@ -140,14 +153,14 @@ def solve(
     engine: str = typer.Option("transformers", "--engine", help="transformers | openai | vllm."),
     base_url: str | None = typer.Option(None, "--base-url", help="OpenAI-compatible server (--engine openai)."),
     mode: str = typer.Option("collab", "--mode", help="collab (the pair) | long | short (one model alone)."),
-    max_turns: int | None = typer.Option(None, "--max-turns", help="Most long turns per dialogue [4]."),
-    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens",
+    max_turns: int | None = typer.Option(None, "--max-turns", min=1, help="Most long turns per dialogue [4]."),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1,
                                               help="Token limit of every turn (both roles)."),
-    max_new_tokens_long: int | None = typer.Option(None, "--max-new-tokens-long", help="Long turn limit [1024]."),
-    max_new_tokens_short: int | None = typer.Option(None, "--max-new-tokens-short", help="Short turn limit [512]."),
-    temperature: float | None = typer.Option(None, "--temperature", help="Sampling temperature [0.7]; 0 = greedy."),
+    max_new_tokens_long: int | None = typer.Option(None, "--max-new-tokens-long", min=1, help="Long turn limit [1024]."),
+    max_new_tokens_short: int | None = typer.Option(None, "--max-new-tokens-short", min=1, help="Short turn limit [512]."),
+    temperature: float | None = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature [0.7]; 0 = greedy."),
     seed: int | None = typer.Option(None, "--seed", help="Base seed [0]."),
-    samples: int | None = typer.Option(None, "--samples", help="Dialogues per problem [1]."),
+    samples: int | None = typer.Option(None, "--samples", min=1, help="Dialogues per problem [1]."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and count) malformed lines of --file."),
     show: bool | None = typer.Option(None, "--show/--no-show", help="Print each dialogue (default: only for a "
                                                                    "single problem)."),
@@ -160,6 +173,8 @@ def solve(
     # 1. Everything checkable without a model.
     if (problem is None) == (file is None):
         raise LongshortError("give either a PROBLEM or --file problems.jsonl (not both)")
+    if temperature is not None and not math.isfinite(temperature):
+        raise InputError(f"expected a finite number, got {temperature}", field="--temperature")
     if mode not in MODES:
         raise LongshortError(f"--mode: unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     config = _config({
@@ -173,10 +188,13 @@ def solve(
     else:
         if not problem.strip():
             raise InputError("empty problem; give the problem text", field="problem")
+        from longshort.io import check_text
+
+        check_text(problem, field="PROBLEM")
         digest = hashlib.sha1(problem.strip().encode()).hexdigest()[:10]
         problems = [{"id": f"cli-{digest}", "problem": problem.strip()}]
     if out is not None:
-        _check_out_file(out, file)
+        _check_out_file(out, file, skip_bad)
     for spec, name in ((long, "--long"), (short, "--short")):
         if not spec.strip():
             raise LongshortError(f"{name}: empty model spec")
@@ -184,7 +202,7 @@ def solve(
     # 2. Resume: ids already written are skipped.
     from longshort.io import ResumableWriter
 
-    writer = ResumableWriter(out) if out is not None else None
+    writer = ResumableWriter(out, expect=OUT_FIELDS, skip_bad=skip_bad) if out is not None else None
     done = set(writer.done_ids) if writer else set()
     console = Console()
     show = (file is None) if show is None else show

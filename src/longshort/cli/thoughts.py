@@ -32,9 +32,19 @@ def _skipped_note(stats: ReadStats) -> None:
         typer.echo(f"skipped {stats.skipped} bad record(s); first: {stats.reasons[0]}", err=True)
 
 
-def _check_out(inp: Path, out: Path) -> None:
-    if inp.resolve() == out.resolve():
-        raise LongshortError(f"--out {out} is the input file; choose another path")
+# fields every record of a stage's output holds: an --out JSONL without them is not ours
+CHUNK_FIELDS = ("thoughts", "chunk_method")
+SCORE_FIELDS = ("thoughts", "importance")
+
+
+def _check_out(inp: Path, out: Path, expect: tuple[str, ...] = (), skip_bad: bool = False):
+    """Refuse, before any work, an --out a run would damage (the input, a directory, a file that
+    is not this stage's output, a bad line in the middle); return what it holds (read-only)."""
+    from longshort.io import check_input_file, check_output_file, scan_output
+
+    check_input_file(inp)
+    check_output_file(out, inputs=[inp])
+    return scan_output(out, expect=expect, skip_bad=skip_bad)
 
 
 # --------------------------------------------------------------------------- chunk
@@ -49,10 +59,10 @@ def chunk(
     model: str = typer.Option("smollm2-135m", help=MODEL_HELP + " Used by --method llm."),
     engine: str = typer.Option("transformers", help="transformers | openai | vllm (llm method)."),
     base_url: str | None = typer.Option(None, help="OpenAI-compatible server URL for --engine openai."),
-    max_retries: int = typer.Option(2, help="llm method: retries after an unusable answer."),
-    max_thoughts: int | None = typer.Option(None, help="heuristic: merge the smallest neighbours down to "
+    max_retries: int = typer.Option(2, min=0, help="llm method: retries after an unusable answer."),
+    max_thoughts: int | None = typer.Option(None, min=1, help="heuristic: merge the smallest neighbours down to "
                                             "this many thoughts per trace (caps scoring cost)."),
-    batch: int = typer.Option(16, help="llm method: traces per generate call (written after each)."),
+    batch: int = typer.Option(16, min=1, help="llm method: traces per generate call (written after each)."),
     seed: int = typer.Option(0, help="llm method: base sampling seed."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and count) bad records instead of stopping."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip ids already in --out."),
@@ -65,7 +75,7 @@ def chunk(
 
     if method not in ("segment", "heuristic", "llm", "gold"):
         raise LongshortError(f"unknown --method {method!r}; accepted: segment, heuristic, llm, gold")
-    _check_out(input, out)
+    _check_out(input, out, CHUNK_FIELDS, skip_bad)
     stats = ReadStats()
     records = load_traces(input, skip_bad=skip_bad, stats=stats)
     if method == "gold":
@@ -83,7 +93,7 @@ def chunk(
     eng = _engine(model, engine, base_url) if method == "llm" else None
     flags: Counter[str] = Counter()
     n_thoughts = n_new = 0
-    with ResumableWriter(out, resume=resume) as w:
+    with ResumableWriter(out, resume=resume, expect=CHUNK_FIELDS, skip_bad=skip_bad) as w:
         todo = [r for r in records if r["id"] not in w.done_ids]
         if len(todo) < len(records):
             typer.echo(f"resuming: {len(records) - len(todo)} trace(s) already in {out}", err=True)
@@ -185,16 +195,16 @@ def score(
     model: str = typer.Option("smollm2-135m", help=MODEL_HELP),
     engine: str = typer.Option("transformers", help="transformers | openai | vllm."),
     base_url: str | None = typer.Option(None, help="OpenAI-compatible server URL for --engine openai."),
-    rollouts: int = typer.Option(5, help="Continuations per prefix (R)."),
+    rollouts: int = typer.Option(5, min=1, help="Continuations per prefix (R)."),
     delta: float = typer.Option(0.25, help="Length decay base δ."),
     alpha: float = typer.Option(0.05, help="Confidence level of the Hoeffding bound."),
     metric: str = typer.Option("gain_decay", help="Importance metric (gain_decay | gain)."),
-    max_new_tokens: int = typer.Option(512, help="Tokens per continuation."),
+    max_new_tokens: int = typer.Option(512, min=1, help="Tokens per continuation."),
     temperature: float = typer.Option(0.7, help="Rollout sampling temperature."),
     top_p: float = typer.Option(0.95, help="Rollout nucleus mass."),
     seed: int = typer.Option(0, help="Base seed of rollouts."),
-    max_context: int | None = typer.Option(None, help="Model context in tokens (default: from the model)."),
-    limit: int | None = typer.Option(None, help="Score only the first N traces."),
+    max_context: int | None = typer.Option(None, min=1, help="Model context in tokens (default: from the model)."),
+    limit: int | None = typer.Option(None, min=1, help="Score only the first N traces."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print rollouts and estimated generated tokens, then stop."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and count) bad records instead of stopping."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip ids already in --out."),
@@ -204,7 +214,7 @@ def score(
 
     from longshort.thoughts.importance import METRICS, ImportanceConfig, iter_score, plan
 
-    _check_out(input, out)
+    existing = _check_out(input, out, SCORE_FIELDS, skip_bad)
     try:
         cfg = ImportanceConfig(rollouts=rollouts, delta=delta, alpha=alpha, metric=metric,
                                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
@@ -220,7 +230,7 @@ def score(
         records = records[:limit]
     done_ids: set[str] = set()
     if resume and out.exists():
-        done_ids = ResumableWriter(out).done_ids
+        done_ids = existing.done_ids  # read-only: a dry run changes nothing
     todo = [r for r in records if r["id"] not in done_ids]
     if dry_run:
         counter = _TokenizerOnly(model) if engine in ("transformers", "hf") else _engine(model, engine, base_url)
@@ -237,7 +247,7 @@ def score(
     eng = _engine(model, engine, base_url)
     flags: Counter[str] = Counter()
     n = rolls = toks = 0
-    with ResumableWriter(out, resume=resume) as w:
+    with ResumableWriter(out, resume=resume, expect=SCORE_FIELDS, skip_bad=skip_bad) as w:
         if len(todo) < len(records):
             typer.echo(f"resuming: {len(records) - len(todo)} trace(s) already in {out}", err=True)
         for rec in iter_score(todo, eng, cfg, progress=True):
@@ -255,6 +265,39 @@ def score(
 # --------------------------------------------------------------------------- coldstart
 
 
+def _check_scored_record(rec: dict[str, Any], path: str, line: int) -> None:
+    """The fields coldstart reads from a scored record, with their types."""
+    import math
+
+    from longshort.io import check_answer, check_text
+
+    for fld in ("id", "problem", "answer", "thoughts"):
+        if rec.get(fld) is None or rec.get(fld) in ("", []):
+            hint = " (run `longshort chunk` and `longshort score` first)" if fld == "thoughts" else ""
+            raise InputError("missing" + hint, path=path, line=line, field=fld)
+    if isinstance(rec["id"], bool) or not isinstance(rec["id"], str | int):
+        raise InputError("expected a string or an integer", path=path, line=line, field="id")
+    check_text(rec["problem"], path=path, line=line, field="problem")
+    rec["answer"] = check_answer(rec["answer"], path=path, line=line)
+    thoughts = rec["thoughts"]
+    if not isinstance(thoughts, list):
+        raise InputError("expected a list of thought objects", path=path, line=line, field="thoughts")
+    for i, t in enumerate(thoughts):
+        where = f"thoughts.{i}"
+        if not isinstance(t, dict):
+            raise InputError(f"expected a thought object {{text, score, ...}}, got {type(t).__name__}",
+                             path=path, line=line, field=where)
+        if not isinstance(t.get("text"), str):
+            raise InputError("expected a string", path=path, line=line, field=f"{where}.text")
+        for num in ("score", "e"):
+            v = t.get(num)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)):
+                raise InputError("expected a finite number", path=path, line=line, field=f"{where}.{num}")
+    if not any(isinstance(t.get("score"), int | float) for t in thoughts):
+        raise InputError("thoughts have no 'score' (run `longshort score` first)", path=path, line=line,
+                         field="thoughts")
+
+
 @app.command()
 def coldstart(
     input: Path = typer.Option(..., "--input", "-i", help="Scored records from `longshort score`."),
@@ -265,7 +308,7 @@ def coldstart(
     model: str = typer.Option("smollm2-135m", help=MODEL_HELP + " Used by --compressor llm."),
     engine: str = typer.Option("transformers", help="Engine of --compressor llm."),
     base_url: str | None = typer.Option(None, help="OpenAI-compatible server URL for --engine openai."),
-    max_long_turns: int = typer.Option(4, help="At most this many long turns per dialogue (0 = no limit)."),
+    max_long_turns: int = typer.Option(4, min=0, help="At most this many long turns per dialogue (0 = no limit)."),
     tokenizer: str = typer.Option("smollm2-135m", help="Tokenizer for the token stats ('none' = word estimate)."),
     keep_incorrect: bool = typer.Option(False, "--keep-incorrect", help="Also use traces whose answer is wrong."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and count) bad records instead of stopping."),
@@ -283,29 +326,25 @@ def coldstart(
     except ValidationError as exc:
         e = exc.errors()[0]
         raise LongshortError(f"bad option --{e['loc'][0]}: {e['msg']}") from None
+    from longshort.io import check_input_file, check_output_dir, iter_jsonl_numbered
+
+    check_input_file(input)
+    check_output_dir(out)
     stats = ReadStats()
     records = []
-    from longshort.thoughts.ingest import _line_numbers
-
-    line_of = _line_numbers(input) if input.is_file() else []
-    for index, rec in enumerate(iter_jsonl(input, skip_bad=skip_bad, stats=stats)):
-        k = line_of[index] if index < len(line_of) else index + 1
-        problem = None
-        for fld in ("id", "problem", "answer", "thoughts"):
-            if not rec.get(fld):
-                hint = " (run `longshort chunk` and `longshort score` first)" if fld == "thoughts" else ""
-                problem = InputError("missing" + hint, path=str(input), line=k, field=fld)
-                break
-        if problem is None and not any("score" in t for t in rec["thoughts"]):
-            problem = InputError("thoughts have no 'score' (run `longshort score` first)",
-                                 path=str(input), line=k, field="thoughts")
-        if problem is not None:
+    for k, rec in iter_jsonl_numbered(input, skip_bad=skip_bad, stats=stats):
+        try:
+            _check_scored_record(rec, str(input), k)
+        except InputError as problem:
             if not skip_bad:
-                raise problem
+                raise
             stats.skipped += 1
             stats.reasons.append(str(problem))
             continue
         records.append(rec)
+    if not records:
+        raise InputError("no records" if not stats.skipped else
+                         f"no records left after skipping {stats.skipped} bad one(s)", path=str(input))
     _skipped_note(stats)
     count = None
     if tokenizer.lower() != "none":
@@ -336,7 +375,7 @@ def coldstart(
 def synth(
     out: Path = typer.Option(..., "--out", "-o", help="Output JSONL of synthetic traces."),
     task: str = typer.Option("arithmetic", help="Task family (arithmetic)."),
-    n: int = typer.Option(100, help="Number of problems."),
+    n: int = typer.Option(100, min=1, help="Number of problems."),
     seed: int = typer.Option(0, help="Random seed (same seed, same file)."),
     num_ops: int = typer.Option(3, help="Computations per problem (drawn from 1..num_ops+1)."),
     max_operand: int = typer.Option(12, help="Largest operand."),
@@ -357,6 +396,9 @@ def synth(
     except ValidationError as exc:
         e = exc.errors()[0]
         raise LongshortError(f"bad option --{str(e['loc'][0]).replace('_', '-')}: {e['msg']}") from None
+    from longshort.io import check_new_file
+
+    check_new_file(out)
     recs = generate(n, seed=seed, config=cfg)
     write_jsonl_atomic(out, recs)
     typer.echo(f"wrote {len(recs)} {task} problem(s) (seed {seed}) -> {out}")

@@ -24,21 +24,48 @@ MODEL_HELP = "model spec (smollm2-135m, tiny-random, a local model dir, a hub id
 def _file_config(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
-    if not path.exists():
-        raise InputError("file not found", path=str(path))
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+    from longshort.io import YAML_MAX_BYTES, check_input_file, parse_record, read_yaml
 
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
-    except Exception as exc:  # noqa: BLE001 - any parse error becomes one line
-        raise InputError(f"cannot parse ({type(exc).__name__}: {exc})", path=str(path)) from None
+    check_input_file(path, "YAML/JSON config file")
+    if path.suffix in (".yaml", ".yml"):
+        data = read_yaml(path) or {}  # no aliases, capped depth and size, no duplicated keys
+    else:
+        if path.stat().st_size > YAML_MAX_BYTES:
+            raise InputError("too large for a config file", path=str(path))
+        try:
+            text = path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"not UTF-8 text (byte {exc.start})", path=str(path)) from None
+        try:
+            data = json.loads(text, object_pairs_hook=_no_duplicates)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"malformed JSON ({exc.msg}, column {exc.colno})", path=str(path),
+                             line=exc.lineno) from None
+        except (ValueError, RecursionError) as exc:
+            raise InputError(str(exc) if isinstance(exc, ValueError) else "nested too deeply",
+                             path=str(path)) from None
+        if isinstance(data, dict):
+            parse_record(json.dumps(data), path=str(path))  # NaN / Infinity are refused
     if not isinstance(data, dict):
         raise InputError("expected a mapping of config fields", path=str(path))
     return data
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {k!r} is given twice")
+        out[k] = v
+    return out
+
+
+def _check_paths(data: Path, out: Path) -> None:
+    """The data file and the output directory, before any model is loaded."""
+    from longshort.io import check_input_file, check_output_dir
+
+    check_input_file(data)
+    check_output_dir(out)
 
 
 def _build(cls, file_values: dict[str, Any], options: dict[str, Any]):
@@ -60,14 +87,14 @@ def sft(
     data: Path = typer.Option(..., help="SFT JSONL of that role (written by `longshort coldstart`)"),
     model: str = typer.Option(..., help=MODEL_HELP),
     out: Path = typer.Option(..., help="output dir: final model (a loadable model dir), checkpoints/, logs"),
-    max_steps: int | None = typer.Option(None, help="optimizer steps (default: --epochs passes)"),
+    max_steps: int | None = typer.Option(None, min=1, help="optimizer steps (default: --epochs passes)"),
     epochs: float | None = typer.Option(None, help="passes over the data (default 2)"),
     lora: bool | None = typer.Option(None, "--lora/--full", help="LoRA adapters (merged on save) or all weights"),
     lr: float | None = typer.Option(None, help="learning rate (default 1e-5 full, 2e-4 LoRA)"),
-    batch_size: int | None = typer.Option(None, help="examples per device per step (default 4)"),
-    grad_accum: int | None = typer.Option(None, help="gradient accumulation steps (default 1)"),
-    max_length: int | None = typer.Option(None, help="max tokens per example (default 4096)"),
-    save_steps: int | None = typer.Option(None, help="checkpoint every N steps (default 200)"),
+    batch_size: int | None = typer.Option(None, min=1, help="examples per device per step (default 4)"),
+    grad_accum: int | None = typer.Option(None, min=1, help="gradient accumulation steps (default 1)"),
+    max_length: int | None = typer.Option(None, min=1, help="max tokens per example (default 4096)"),
+    save_steps: int | None = typer.Option(None, min=1, help="checkpoint every N steps (default 200)"),
     precision: str | None = typer.Option(None, help="auto | fp32 | bf16 | fp16"),
     report_to: str | None = typer.Option(None, help="tensorboard (default) | wandb | tensorboard,wandb | none"),
     resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in OUT"),
@@ -78,6 +105,7 @@ def sft(
     """Cold-start SFT of one role on its turns (loss on the turn only)."""
     from longshort.training.sft import SFTRunConfig, run_sft
 
+    _check_paths(data, out)
     cfg = _build(SFTRunConfig, _file_config(config), dict(
         role=role, data=str(data), model=model, out=str(out), max_steps=max_steps, epochs=epochs, lora=lora,
         lr=lr, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, save_steps=save_steps,
@@ -92,28 +120,28 @@ def rl(
     short: str = typer.Option(..., help="short-thought model: " + MODEL_HELP),
     data: Path = typer.Option(..., help="problems JSONL with problem + answer"),
     out: Path = typer.Option(..., help="output dir: iter{k}_{role}/ models, checkpoints/, logs"),
-    iterations: int | None = typer.Option(None, help="alternating iterations K (default 2)"),
+    iterations: int | None = typer.Option(None, min=1, help="alternating iterations K (default 2)"),
     first: str | None = typer.Option(None, help="role trained first: long (default) | short"),
-    max_steps: int | None = typer.Option(None, help="optimizer steps per iteration (default: --epochs passes)"),
+    max_steps: int | None = typer.Option(None, min=1, help="optimizer steps per iteration (default: --epochs passes)"),
     epochs: float | None = typer.Option(None, help="passes over the problems per iteration (default 1)"),
-    num_generations: int | None = typer.Option(None, help="dialogues per problem, the GRPO group (default 4)"),
-    batch_size: int | None = typer.Option(None, help="dialogues per device per step, a multiple of "
+    num_generations: int | None = typer.Option(None, min=1, help="dialogues per problem, the GRPO group (default 4)"),
+    batch_size: int | None = typer.Option(None, min=1, help="dialogues per device per step, a multiple of "
                                            "--num-generations (default 8)"),
-    grad_accum: int | None = typer.Option(None, help="gradient accumulation steps (default 1)"),
+    grad_accum: int | None = typer.Option(None, min=1, help="gradient accumulation steps (default 1)"),
     lr: float | None = typer.Option(None, help="learning rate (default 1e-6)"),
     beta: float | None = typer.Option(None, help="KL coefficient (default 0: no reference model)"),
     temperature: float | None = typer.Option(None, help="sampling temperature of the trained role (default 1.0)"),
-    max_turns: int | None = typer.Option(None, help="long turns per dialogue (default 4)"),
-    max_new_tokens_long: int | None = typer.Option(None, help="token limit of a long turn (default 512)"),
-    max_new_tokens_short: int | None = typer.Option(None, help="token limit of a short turn (default 256)"),
+    max_turns: int | None = typer.Option(None, min=1, help="long turns per dialogue (default 4)"),
+    max_new_tokens_long: int | None = typer.Option(None, min=1, help="token limit of a long turn (default 512)"),
+    max_new_tokens_short: int | None = typer.Option(None, min=1, help="token limit of a short turn (default 256)"),
     correctness_weight: float | None = typer.Option(None, help="weight of the correctness reward (default 1.0)"),
     format_weight: float | None = typer.Option(None, help="weight of the format reward (default 0.2)"),
     length_weight: float | None = typer.Option(None, help="weight of the length bonus (default 0.3)"),
-    length_budget: int | None = typer.Option(None, help="tokens at which the length bonus is 0 (default 2048)"),
+    length_budget: int | None = typer.Option(None, min=1, help="tokens at which the length bonus is 0 (default 2048)"),
     partner_base_url: str | None = typer.Option(None, help="OpenAI-compatible server serving the frozen partner "
                                                 "(its model name: the partner's --long/--short value)"),
     lora: bool | None = typer.Option(None, "--lora/--full", help="LoRA adapters (merged on save) or all weights"),
-    save_steps: int | None = typer.Option(None, help="checkpoint every N steps (default 50)"),
+    save_steps: int | None = typer.Option(None, min=1, help="checkpoint every N steps (default 50)"),
     precision: str | None = typer.Option(None, help="auto | fp32 | bf16 | fp16"),
     report_to: str | None = typer.Option(None, help="tensorboard (default) | wandb | tensorboard,wandb | none"),
     resume: bool = typer.Option(False, "--resume", help="skip finished iterations, continue from checkpoints"),
@@ -124,6 +152,7 @@ def rl(
     """Multi-turn RL of the pair: train one role with the partner frozen, save, swap (K iterations)."""
     from longshort.training.rl import RLRunConfig, run_rl
 
+    _check_paths(data, out)
     file_values = _file_config(config)
     dialogue = dict(file_values.pop("dialogue", {}) or {})
     dialogue.update({k: v for k, v in dict(max_turns=max_turns, max_new_tokens_long=max_new_tokens_long,

@@ -16,9 +16,7 @@ Where the data comes from, in order:
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import os
 import random
 import re
@@ -28,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from longshort.errors import InputError, LongshortError
-from longshort.io import ReadStats
+from longshort.io import MAX_TEXT_CHARS, ReadStats, check_answer, check_text, iter_lines, parse_record
 
 Grading = Literal["math", "choice"]
 LETTERS = "ABCDEFGHIJ"
@@ -193,21 +191,28 @@ def _finish_one(rec: dict[str, Any], line: int, *, benchmark: str, grading: Grad
     """One validated raw record → a benchmark record (id, string answer, lettered choices)."""
     for name in ("problem", "answer"):
         value = rec.get(name)
-        if value is None or not str(value).strip():
+        if value is None or (isinstance(value, str) and not value.strip()):
             raise InputError("missing or empty", path=path, line=line, field=name)
+    # types and sizes, checked before any model is loaded: a problem is a string (not an object
+    # sent to the model as its repr), an answer a string or a finite number
+    problem = check_text(rec["problem"], path=path, line=line, field="problem")
+    check_answer(rec["answer"], path=path, line=line)
     rec = dict(rec)
     if prepare is not None:
         rec = prepare(rec)
-    rid = str(rec.get("id", f"{benchmark}-{line - 1}"))
-    answer = str(rec["answer"]).strip()
-    if not answer:
-        raise InputError("missing or empty", path=path, line=line, field="answer")
-    item: dict[str, Any] = {"id": rid, "problem": str(rec["problem"]), "answer": answer,
+    raw_id = rec.get("id")
+    if raw_id is not None and (isinstance(raw_id, bool) or not isinstance(raw_id, str | int)
+                               or not str(raw_id).strip()):
+        raise InputError("expected a non-empty string or an integer", path=path, line=line, field="id")
+    rid = str(raw_id).strip() if raw_id is not None else f"{benchmark}-{line - 1}"
+    answer = check_answer(rec["answer"], path=path, line=line)
+    item: dict[str, Any] = {"id": rid, "problem": problem, "answer": answer,
                             "benchmark": benchmark, "grading": grading}
     choices = rec.get("choices")
     if choices is not None:
         if not isinstance(choices, list) or not 2 <= len(choices) <= len(LETTERS) or not all(
-                isinstance(c, str | int | float) and str(c).strip() for c in choices):
+                isinstance(c, str | int | float) and not isinstance(c, bool) and str(c).strip()
+                and len(str(c)) <= MAX_TEXT_CHARS for c in choices):
             raise InputError(f"expected a list of 2-{len(LETTERS)} non-empty strings",
                              path=path, line=line, field="choices")
         choices = [str(c).strip() for c in choices]
@@ -258,27 +263,18 @@ def _finish_records(raw: Iterable[tuple[int, dict[str, Any] | InputError]], *, b
 
 
 def _read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | InputError]]:
-    """(line number, record) for each non-blank line; a line that is not a JSON object comes
-    back as an InputError so the caller can raise it or skip it."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as fh:
-            for lineno, text in enumerate(fh, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    rec = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    yield lineno, InputError(f"malformed JSON ({exc.msg}, column {exc.colno})",
-                                             path=str(path), line=lineno)
-                    continue
-                if not isinstance(rec, dict):
-                    yield lineno, InputError(f"expected a JSON object, got {type(rec).__name__}",
-                                             path=str(path), line=lineno)
-                    continue
-                yield lineno, rec
-    except (OSError, UnicodeDecodeError, EOFError) as exc:
-        raise InputError(f"cannot read ({type(exc).__name__}: {exc})", path=str(path)) from None
+    """(line number, record) for each non-blank line; a line that is not a JSON object (or not
+    UTF-8, or holds NaN) comes back as an InputError so the caller can raise it or skip it."""
+    for lineno, text in iter_lines(path):
+        if isinstance(text, InputError):
+            yield lineno, text
+            continue
+        if not text.strip():
+            continue
+        try:
+            yield lineno, parse_record(text, path=str(path), line=lineno)
+        except InputError as err:
+            yield lineno, err
 
 
 def _load_jsonl(path: Path, *, benchmark: str, spec: BenchmarkSpec | None, seed: int,

@@ -121,19 +121,10 @@ def load_traces(path: str | os.PathLike, *, skip_bad: bool = False,
 
 def _line_numbers(p: Path) -> list[int]:
     """Line numbers (1-based) of the JSON-object lines of a file, in order (skipping blanks
-    and, like iter_jsonl with skip_bad, lines that are not JSON objects)."""
-    import json
+    and, like iter_jsonl with skip_bad, lines that are bad)."""
+    from longshort.io import ReadStats
 
-    from longshort.io import _open_text
-
-    nums: list[int] = []
-    with _open_text(p) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                if isinstance(json.loads(line), dict):
-                    nums.append(lineno)
-            except json.JSONDecodeError:
-                continue
-    return nums
+    stats = ReadStats()
+    for _ in iter_jsonl(p, skip_bad=True, stats=stats):
+        pass
+    return stats.lines
