@@ -17,12 +17,9 @@ before the engines are built, so bad input fails fast and nothing written is dam
 from __future__ import annotations
 
 import json
-import platform
 import shlex
-import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 

@@ -75,7 +75,10 @@ def render_report(m: Mapping[str, Any]) -> str:
     env = m.get("environment") or {}
     if env:
         lines += ["", "## Environment", ""]
-        for key in ("git_revision", "python", "platform", "seed"):
+        git = env.get("git") or {}
+        if git.get("revision"):
+            lines.append(f"- git: `{git['revision']}`{' (dirty)' if git.get('dirty') else ''}")
+        for key in ("python", "platform", "device", "seed"):
             if key in env:
                 lines.append(f"- {key}: `{env[key]}`")
         pkgs = env.get("packages") or {}

@@ -77,16 +77,16 @@ def planted_token_shares(ctx: RunContext) -> dict[str, Any]:
     from longshort.thoughts.steps import split_steps
 
     out: dict[str, Any] = {}
-    tok = None
-    for label in eval_sets(ctx):
-        path = ctx.out / "data" / "eval" / f"{label}.traces.jsonl"
-        if not path.exists():
-            continue
-        tok = tok or load_tokenizer(ctx.config.models.base)
+    paths = {label: ctx.out / "data" / "eval" / f"{label}.traces.jsonl" for label in eval_sets(ctx)}
+    paths = {k: p for k, p in paths.items() if p.exists()}
+    if not paths:
+        return out
+    tok = load_tokenizer(ctx.config.models.base)
 
-        def count(text: str) -> int:
-            return len(tok(text, add_special_tokens=False)["input_ids"]) if text else 0
+    def count(text: str) -> int:
+        return len(tok(text, add_special_tokens=False)["input_ids"]) if text else 0
 
+    for label, path in paths.items():
         totals = {"essential": 0, "redundant": 0, "neutral": 0, "summary_and_tags": 0}
         traces = read_jsonl(path)
         for r in traces:
