@@ -1,21 +1,44 @@
 """Cold-start synthesis: scored long-CoT traces → two-role dialogues → SFT sets (DESIGN §5).
 
-1. **Assignment**: thoughts whose importance is high go to the long model, the rest to the
-   short model. Default: every thought with a positive score; or `threshold` (score ≥ τ), or
-   `ratio` (the top share of thoughts by score, positive scores only). The long model speaks
-   first (protocol), so the first thought always goes to it (flag `first_forced_long`).
-2. **Compression** of short thoughts: `drop` removes pure re-verification / abandoned
+1. **Assignment by importance**: the highest-scoring thoughts go to the long model, the rest to
+   the short model. Default: every thought with a positive score (it raised the accuracy); or
+   `threshold` (score ≥ τ), or `ratio` (the top share of thoughts by score, positive scores
+   only). Every rule is a cut on the score, so a long thought never scores below a short one
+   (except where `max_long_turns` merges a short run into the long model, flagged). A thought
+   that is only a final-answer statement never goes long (the answer is the short role's).
+   When no thought qualifies, the single highest-scoring one goes long (flag `top_forced_long`):
+   the long model must speak.
+2. **The opening**: the long model speaks first (protocol), but the first thoughts of a trace
+   (understanding, restating the question) often gain nothing. With `opening="compress"` (the
+   default) the short-assigned thoughts before the first long one keep their short role and are
+   compressed (as any short thought) into the opening of the first long turn, so the long turn
+   starts with the given facts in brief and then the first important thought in full; no
+   thought is promoted on position alone (flag `opening_compressed`). `opening="long"` gives
+   them to the long model verbatim instead (flag `opening_given_long`; the old behaviour).
+3. **The final answer belongs to the short role**: final-answer statements (any ``\\boxed``, or
+   a sentence such as "**Final Answer**", "Answer:", "the answer is …", "Therefore the final
+   answer …", in any casing, see `is_final_answer_sentence`) are removed from long turns and from
+   hand-back short turns; only the clause before such a statement survives when it carries math
+   ("So 14 − 6 = 8, so the answer is 8." keeps "So 14 − 6 = 8."). The closing short turn restates
+   the answer: it ends with ``\\boxed{answer}`` (the gold answer, added when its own last box is
+   not it) and ``</answer>``.
+4. **Compression** of short thoughts: `drop` removes pure re-verification / abandoned
    alternatives / hesitations that gained no accuracy (e ≤ 0) and keeps the rest verbatim;
    `extractive` also keeps, in what remains, only the sentences that carry the math (numbers,
    equations, formulas); `llm` asks an engine to rewrite each short thought concisely (empty or
    longer answers fall back to `extractive`, flagged).
-3. **Dialogue**: consecutive thoughts of one role form one turn; long turns are
+5. **Dialogue**: consecutive thoughts of one role form one turn; long turns are
    `<think>\\n…\\n</think>`, short turns `<answer>\\n…\\n</rethink>`; the last turn is always a
-   short turn ending with `\\boxed{answer}` and `</answer>` (added after a final long turn,
-   from the trace's post-thinking answer when it has one).
-4. **SFT examples**, one per turn, in the docs/architecture.md format: `{id, role, problem, answer,
+   short turn ending with `\\boxed{answer}` and `</answer>` (added after a final long turn, from
+   the trace's post-thinking answer when it has one).
+6. **SFT examples**, one per turn, in the docs/architecture.md format: `{id, role, problem, answer,
    prompt, assistant_prefix, completion}` with `prompt, assistant_prefix =
    protocol.render_input(role, problem, earlier_turns)`.
+7. **Stats**: roles, turns, tokens per role, the short turns' compression (their tokens over the
+   original tokens of the thoughts they replace), and, when records carry the planted truth
+   (`gold_thoughts` with `kind`), the share of essential thoughts given to the long role and of
+   redundant thoughts given to the short role (a gold thought's role is the role of most of its
+   steps, so chunker boundaries work too).
 
 `synthesize(records, config) -> (long_examples, short_examples, stats)`.
 """
@@ -46,8 +69,11 @@ class ColdStartConfig(BaseModel):
                                        "(pure re-checks, abandoned ideas, hesitation).")
     require_correct: bool = Field(True, description="Skip traces whose own final answer is wrong: "
                                   "cold-start data must not teach wrong answers.")
-    first_long: bool = Field(True, description="Force the first thought to the long model, which "
-                             "speaks first in the protocol.")
+    opening: Literal["compress", "long"] = Field("compress", description="Short-assigned thoughts "
+                                                 "before the first long one (the long model speaks first): "
+                                                 "compress them into the opening of the first long turn "
+                                                 "(default: roles follow importance only), or give them to "
+                                                 "the long model verbatim.")
     max_long_turns: int | None = Field(4, ge=1, description="At most this many long turns per "
                                        "dialogue (the collaborative loop's default max_turns is 4): the "
                                        "shortest short runs between long turns are given to the long model "
@@ -57,14 +83,121 @@ class ColdStartConfig(BaseModel):
     llm_temperature: float = Field(0.0, ge=0.0, description="Greedy rewrites: reproducible data.")
 
 
+# --------------------------------------------------------------------------- final answers
+
+# A final-answer statement: a box, a "final answer"/"answer:" heading or label, or a sentence that
+# says what the answer is. Deliberately about the wording of answers in general, not any template.
+_FINAL_RE = re.compile(
+    r"\\(?:boxed|fbox)\b"
+    r"|\bfinal\s+(?:answer|result)s?\b"
+    r"|^\W*(?:the\s+)?(?:final\s+)?answers?\W*$"                       # "**Answer**", "## Answer", "Answer."
+    r"|^\W*(?:the\s+)?(?:final\s+)?answers?\s*(?:\*\*|__)?\s*[:：=]"   # "Answer: 8", "**Answer:** 8"
+    r"|\banswers?\s*(?:\*\*|__)?\s*[:=]"                               # "... answer = 8", "answer: 8"
+    r"|\banswers?\s+(?:is|are|should\s+be|must\s+be|would\s+be|will\s+be|equals|comes\s+out\s+to)\b"
+    r"|\b(?:so|thus|therefore|hence)\b[^.!?\n]*?\banswers?\b\s*(?:[:=,]|is\b|\$|\d)",
+    re.I | re.M)
+# Where a final-answer clause can be cut off a sentence that also carries math.
+_CLAUSE_CUT = re.compile(r"[,;:]\s*|\s+(?:and|so|thus|hence|which\s+means|giving|making)\s+", re.I)
+# pieces of a paragraph: sentences (ending at . ! ? before a space) and lines
+_PIECE_SEP = re.compile(r"((?<=[.!?])[ \t]+(?=\S)|\n)")
+_DELIMITER_ONLY = re.compile(r"^\s*(?:\$\$?|\\\[|\\\]|\\\(|\\\)|\*\*|__|)\s*$")
+
+
+def is_final_answer_sentence(text: str) -> bool:
+    r"""Whether one sentence (or line) states the final answer (see `_FINAL_RE`).
+
+    >>> [is_final_answer_sentence(t) for t in ["**Final Answer**", "$$\\boxed{12}$$", "Answer: 4",
+    ...  "**Answer:** $x = 2$", "Therefore, the answer is 7.", "So the final answer is 3",
+    ...  "THE ANSWER IS 5.", "Thus answer = 9."]]
+    [True, True, True, True, True, True, True, True]
+    >>> [is_final_answer_sentence(t) for t in ["I need the answer to how many apples.",
+    ...  "So 9 + 5 = 14.", "Let me reconsider the answer choices", "Does the answer make sense?"]]
+    [False, False, False, False]
+    """
+    return _FINAL_RE.search(text) is not None
+
+
+def _trim_final_clause(piece: str) -> str:
+    """The longest head of `piece`, cut at a clause boundary, that states no final answer, when
+    it carries math ("So 8 − 3 = 5, so the answer is 5." → "So 8 − 3 = 5."), else ""."""
+    for cut in reversed(list(_CLAUSE_CUT.finditer(piece))):
+        head = piece[:cut.start()].rstrip()
+        if _FINAL_RE.search(head):
+            continue
+        if not head or not _MATH.search(head) or head.count("$") % 2:
+            return ""
+        return head if head[-1] in ".!?" else head + "."
+    return ""
+
+
+def strip_final_answer(text: str) -> tuple[str, int]:
+    r"""`text` without its final-answer statements (sentences or lines, see
+    `is_final_answer_sentence`), keeping everything else verbatim; returns (text, how many
+    statements were removed). Math delimiters orphaned by a removal are removed too.
+
+    >>> strip_final_answer("So $x = 3$.\n\n**Answer:** $$\\boxed{3}$$")
+    ('So $x = 3$.', 1)
+    >>> strip_final_answer("Then 14 - 6 = 8, so the answer is 8. Done.")
+    ('Then 14 - 6 = 8. Done.', 1)
+    >>> strip_final_answer("Hence\n$$\n\\boxed{5}\n$$")
+    ('Hence', 1)
+    """
+    removed = 0
+    out_paras = []
+    for para in re.split(r"\n[ \t]*\n", text):
+        parts = _PIECE_SEP.split(para)
+        pieces, seps = parts[0::2], parts[1::2] + [""]
+        kept: list[tuple[str, str]] = []
+        hit = False
+        for piece, sep in zip(pieces, seps, strict=True):
+            if piece.strip() and is_final_answer_sentence(piece):
+                removed += 1
+                hit = True
+                head = _trim_final_clause(piece)
+                if head:
+                    kept.append((head, sep))
+                continue
+            kept.append((piece, sep))
+        if hit:
+            if not any(not _DELIMITER_ONLY.match(p) for p, _ in kept):
+                continue
+            kept = _drop_empty_math(kept)
+        para = "".join(p + sp for p, sp in kept).strip()
+        if para:
+            out_paras.append(para)
+    return "\n\n".join(out_paras), removed
+
+
+def _drop_empty_math(kept: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Remove display-math delimiters left with nothing between them ("$$", "$$" once the box
+    between them is gone)."""
+    changed = True
+    while changed:
+        changed = False
+        marks = [j for j, (p, _) in enumerate(kept) if p.strip() and _DELIMITER_ONLY.match(p)]
+        for a, b in zip(marks, marks[1:], strict=False):
+            if all(not kept[j][0].strip() for j in range(a + 1, b)):
+                kept = kept[:a] + kept[b + 1:]
+                changed = True
+                break
+    return kept
+
+
+def _has_final_answer(text: str) -> bool:
+    return any(is_final_answer_sentence(p) for p in _PIECE_SEP.split(text)[0::2] if p.strip())
+
+
 # --------------------------------------------------------------------------- assignment
 
 
 def assign_roles(thoughts: Sequence[dict[str, Any]], config: ColdStartConfig | None = None
                  ) -> tuple[list[str], list[str]]:
-    """Role ("long"/"short") per thought and flags. Thoughts without a score go short."""
+    """Role ("long"/"short") per thought and flags (module docstring, points 1 and 2).
+    Thoughts without a score go short."""
     cfg = config or ColdStartConfig()
-    scores = [t.get("score") for t in thoughts]
+    # a thought that is nothing but a final-answer statement is the short role's, whatever its score
+    eligible = [bool(strip_final_answer(t.get("text", ""))[0]) if "text" in t else True for t in thoughts]
+    scores = [t.get("score") if ok else None for t, ok in zip(thoughts, eligible, strict=True)]
     roles = ["short"] * len(thoughts)
     if cfg.threshold is not None:
         for i, s in enumerate(scores):
@@ -81,9 +214,19 @@ def assign_roles(thoughts: Sequence[dict[str, Any]], config: ColdStartConfig | N
             if s is not None and s > 0:
                 roles[i] = "long"
     flags = []
-    if cfg.first_long and roles and roles[0] != "long":
-        roles[0] = "long"
-        flags.append("first_forced_long")
+    if roles and "long" not in roles:
+        candidates = [i for i, s in enumerate(scores) if s is not None] or \
+                     [i for i, ok in enumerate(eligible) if ok] or [0]
+        top = max(candidates, key=lambda i: (scores[i] if scores[i] is not None else -math.inf, -i))
+        roles[top] = "long"
+        flags.append("top_forced_long")
+    if roles and roles[0] != "long":
+        first = roles.index("long")
+        if cfg.opening == "long":
+            roles[:first] = ["long"] * first
+            flags.append("opening_given_long")
+        else:
+            flags.append("opening_compressed")
     if cfg.max_long_turns is not None and _limit_long_turns(roles, thoughts, cfg.max_long_turns):
         flags.append("long_turns_merged")
     return roles, flags
@@ -191,51 +334,115 @@ def approx_tokens(text: str) -> int:
     return len(re.findall(r"\w+|[^\w\s]", text))
 
 
+def _same_answer(boxed: str | None, answer: str) -> bool:
+    if boxed is None:
+        return False
+    if boxed.strip() == answer.strip():
+        return True
+    from longshort.evaluation.grading import grade
+
+    return bool(grade(f"\\boxed{{{boxed}}}", answer))
+
+
 def build_dialogue(record: dict[str, Any], roles: Sequence[str], short_texts: Sequence[str]
                    ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Turns `{role, text, thoughts: [indices]}` of one trace, and flags (see module docstring)."""
+    """Turns of one trace and flags (module docstring, points 2, 3 and 5). Each turn is
+    ``{role, text, final, thoughts: [start steps], idx: [thought indices], opening: [indices of
+    short thoughts compressed into this long turn], from_after: bool}``."""
     thoughts = record["thoughts"]
+    answer = str(record["answer"]).strip()
+    flags: list[str] = []
+    stripped = 0
+    first_long = roles.index("long") if "long" in roles else len(roles)
     segs: list[dict[str, Any]] = []
     for i, (t, role) in enumerate(zip(thoughts, roles, strict=True)):
-        body = t["text"].strip() if role == "long" else short_texts[i]
-        if segs and segs[-1]["role"] == role:
-            segs[-1]["idx"].append(i)
-            if body:
-                segs[-1]["parts"].append(body)
+        if role == "long":
+            body, n = strip_final_answer(t["text"].strip())
+            stripped += n
         else:
-            segs.append({"role": role, "idx": [i], "parts": [body] if body else []})
-    flags: list[str] = []
-    # a short segment that compressed to nothing disappears (unless it is the last one)
+            body = short_texts[i]
+        opening = i < first_long and role == "short" and first_long < len(roles)
+        if opening:  # it joins a long turn: no final answer there either
+            body, n = strip_final_answer(body)
+            stripped += n
+        seg_role = "long" if opening else role
+        if segs and segs[-1]["role"] == seg_role:
+            seg = segs[-1]
+        else:
+            seg = {"role": seg_role, "idx": [], "parts": [], "opening": []}
+            segs.append(seg)
+        seg["idx"].append(i)
+        if opening:
+            seg["opening"].append(i)
+        if body:
+            seg["parts"].append(body)
+    # hand-back short turns never state the final answer (only the closing turn does)
+    closing_is_trace = bool(segs) and segs[-1]["role"] == "short"
+    for k, seg in enumerate(segs):
+        if seg["role"] == "short" and not (closing_is_trace and k == len(segs) - 1):
+            parts = []
+            for part in seg["parts"]:
+                part, n = strip_final_answer(part)
+                stripped += n
+                if part:
+                    parts.append(part)
+            seg["parts"] = parts
+    # a short segment that compressed to nothing disappears (unless it closes the dialogue)
     merged: list[dict[str, Any]] = []
-    for k, s in enumerate(segs):
-        if s["role"] == "short" and not s["parts"] and k != len(segs) - 1:
+    for k, seg in enumerate(segs):
+        if seg["role"] == "short" and not seg["parts"] and k != len(segs) - 1:
             flags.append("empty_short_turn_removed")
             continue
-        if merged and merged[-1]["role"] == s["role"]:
-            merged[-1]["idx"] += s["idx"]
-            merged[-1]["parts"] += s["parts"]
+        if merged and merged[-1]["role"] == seg["role"]:
+            for key in ("idx", "parts", "opening"):
+                merged[-1][key] += seg[key]
         else:
-            merged.append(s)
+            merged.append(seg)
     if not merged or merged[-1]["role"] == "long":
-        final = record.get("after") or ""
-        merged.append({"role": "short", "idx": [], "parts": [extract_math(_strip_tags(final))] if final else []})
-        merged[-1]["parts"] = [p for p in merged[-1]["parts"] if p]
+        final = _strip_tags(record.get("after") or "")
+        body = extract_math(final) if final else ""
+        merged.append({"role": "short", "idx": [], "parts": [body] if body else [], "opening": [],
+                       "from_after": bool(final)})
         flags.append("final_short_turn_added")
-    answer = str(record["answer"]).strip()
     last = merged[-1]
     body_final = "\n\n".join(last["parts"])
-    if extract_boxed(body_final) is None:
+    if not _same_answer(extract_boxed(body_final), answer):
         closing = f"The final answer is \\boxed{{{answer}}}."
         body_final = f"{body_final}\n\n{closing}" if body_final else closing
     last["parts"] = [body_final]
+    if stripped:
+        flags.append("final_answer_stripped")
+    if any(seg["opening"] for seg in merged):
+        flags.append("opening_compressed")
     turns = []
-    for k, s in enumerate(merged):
-        body = _strip_tags("\n\n".join(s["parts"])).strip()
+    for k, seg in enumerate(merged):
+        body = _strip_tags("\n\n".join(seg["parts"])).strip()
         final = k == len(merged) - 1
-        text = format_turn(s["role"], f"\n{body}\n", final=final and s["role"] == "short")
-        turns.append({"role": s["role"], "text": text, "thoughts": [thoughts[i]["start"] for i in s["idx"]],
-                      "final": final})
-    return turns, flags
+        text = format_turn(seg["role"], f"\n{body}\n", final=final and seg["role"] == "short")
+        turns.append({"role": seg["role"], "text": text, "final": final, "body": body,
+                      "thoughts": [thoughts[i]["start"] for i in seg["idx"]], "idx": list(seg["idx"]),
+                      "opening": list(seg["opening"]), "from_after": bool(seg.get("from_after"))})
+    return turns, list(dict.fromkeys(flags))
+
+
+def planted_roles(record: dict[str, Any], roles: Sequence[str]) -> list[tuple[str, str]] | None:
+    """(planted kind, role) per gold thought, when `record` carries `gold_thoughts` with `kind`
+    (or `essential`): the role of a gold thought is the role holding most of its steps (ties:
+    short), so chunker boundaries that differ from the gold ones work too. None without truth."""
+    gold = record.get("gold_thoughts")
+    if not gold:
+        return None
+    step_role: dict[int, str] = {}
+    for t, role in zip(record["thoughts"], roles, strict=True):
+        for k in range(int(t["start"]), int(t["end"]) + 1):
+            step_role[k] = role
+    out = []
+    for g in gold:
+        kind = g.get("kind") or ("essential" if g.get("essential") else "redundant")
+        steps = range(int(g["start"]), int(g["end"]) + 1)
+        n_long = sum(step_role.get(k) == "long" for k in steps)
+        out.append((kind, "long" if 2 * n_long > len(steps) else "short"))
+    return out
 
 
 def _trace_correct(record: dict[str, Any]) -> bool:
@@ -255,6 +462,7 @@ def synthesize(records: Sequence[dict[str, Any]], config: ColdStartConfig | None
     stats: dict[str, Any] = {"traces": len(records), "dialogues": 0, "skipped_incorrect": 0,
                              "skipped_no_thoughts": 0, "turns": 0, "long_turns": 0, "short_turns": 0,
                              "thoughts_long": 0, "thoughts_short": 0, "thoughts_dropped": 0,
+                             "thoughts_opening_compressed": 0,
                              "llm_fallbacks": 0, "flags": {}}
     kept: list[tuple[dict[str, Any], list[str], list[str], list[str]]] = []
     for r in records:
@@ -280,8 +488,10 @@ def synthesize(records: Sequence[dict[str, Any]], config: ColdStartConfig | None
                 kept[ri][2][i] = new
     long_ex: list[dict[str, Any]] = []
     short_ex: list[dict[str, Any]] = []
-    tok = {"long": 0, "short": 0, "original": 0}
+    tok = {"long": 0, "short": 0, "original": 0, "short_replaced": 0, "short_bodies": 0}
     per_dialogue_turns = []
+    planted: dict[str, dict[str, int]] = {}
+    long_with_answer = 0
     for r, roles, short, flags in kept:
         turns, dflags = build_dialogue(r, roles, short)
         flags = list(dict.fromkeys(flags + dflags))
@@ -291,8 +501,11 @@ def synthesize(records: Sequence[dict[str, Any]], config: ColdStartConfig | None
         stats["thoughts_long"] += roles.count("long")
         stats["thoughts_short"] += roles.count("short")
         stats["thoughts_dropped"] += sum(1 for role, s in zip(roles, short, strict=True) if role == "short" and not s)
+        stats["thoughts_opening_compressed"] += sum(len(t["opening"]) for t in turns)
         per_dialogue_turns.append(len(turns))
         tok["original"] += count("\n\n".join(t["text"] for t in r["thoughts"]))
+        for kind, role in planted_roles(r, roles) or []:
+            planted.setdefault(kind, {"long": 0, "short": 0})[role] += 1
         for k, turn in enumerate(turns):
             messages, prefix = render_input(turn["role"], r["problem"], [t["text"] for t in turns[:k]])
             ex = {"id": f"{r['id']}-t{k}", "source_id": r["id"], "role": turn["role"], "problem": r["problem"],
@@ -302,19 +515,39 @@ def synthesize(records: Sequence[dict[str, Any]], config: ColdStartConfig | None
             if r.get("choices"):
                 ex["choices"] = r["choices"]
             tok[turn["role"]] += count(turn["text"])
+            if turn["role"] == "long":
+                long_with_answer += _has_final_answer(turn["body"])
+            else:
+                tok["short_bodies"] += count(turn["body"])
+                replaced = [r["thoughts"][i]["text"] for i in turn["idx"]]
+                if turn["from_after"]:
+                    replaced.append(_strip_tags(r.get("after") or ""))
+                tok["short_replaced"] += count("\n\n".join(replaced)) if replaced else 0
             (long_ex if turn["role"] == "long" else short_ex).append(ex)
             stats["long_turns" if turn["role"] == "long" else "short_turns"] += 1
     total = tok["long"] + tok["short"]
+
+    def share(kind: str, role: str) -> float | None:
+        c = planted.get(kind)
+        return round(c[role] / (c["long"] + c["short"]), 4) if c and c["long"] + c["short"] else None
+
     stats.update(
         examples={"long": len(long_ex), "short": len(short_ex)},
         turns=sum(per_dialogue_turns),
         turns_per_dialogue={"mean": round(sum(per_dialogue_turns) / len(per_dialogue_turns), 3)
                             if per_dialogue_turns else 0.0,
                             "max": max(per_dialogue_turns, default=0)},
-        tokens={"long": tok["long"], "short": tok["short"], "original_thinking": tok["original"]},
+        tokens={"long": tok["long"], "short": tok["short"], "original_thinking": tok["original"],
+                "short_bodies": tok["short_bodies"], "short_replaced_original": tok["short_replaced"]},
         token_share={"long": round(tok["long"] / total, 4) if total else 0.0,
                      "short": round(tok["short"] / total, 4) if total else 0.0},
         compression_ratio=round(total / tok["original"], 4) if tok["original"] else None,
+        short_compression=round(tok["short_bodies"] / tok["short_replaced"], 4) if tok["short_replaced"] else None,
+        long_turns_with_final_answer=long_with_answer,
+        planted={"essential_long_share": share("essential", "long"),
+                 "redundant_short_share": share("redundant", "short"),
+                 "neutral_long_share": share("neutral", "long"),
+                 "counts": planted} if planted else None,
         config=cfg.model_dump(),
         token_counter="tokenizer" if count_tokens else "approx (words + punctuation)",
     )
