@@ -82,20 +82,34 @@ def test_scores_follow_the_formula_with_controlled_correctness():
     assert out["importance"]["num_rollouts"] == 25 and out["importance"]["generated_tokens"] == 25 * 7
 
 
-def test_answer_written_in_the_kept_thoughts_counts_numbers_do_not():
+def test_only_the_continuation_is_graded_and_unfinished_is_wrong():
     rec = _record()
+    rec["thoughts"][3]["text"] = "So the answer is \\boxed{19}."
 
-    class Silent(ScriptedEngine):
+    class Fixed(ScriptedEngine):
+        """Completion j of every request is outputs[j] = (text, finish_reason)."""
+
+        def __init__(self, outputs):
+            super().__init__(None)
+            self.outputs = outputs
+
         def generate(self, requests, *, progress=False):
             self.calls.append(list(requests))
-            return [GenerationResult([Completion("", 1, "stop")] * r.params.n, 10, r) for r in requests]
+            return [GenerationResult([Completion(t, 3, f) for t, f in self.outputs], 10, r) for r in requests]
 
-    rec["thoughts"][3]["text"] = "So the answer is \\boxed{19}."
-    out = score_record(rec, Silent(None), ImportanceConfig(rollouts=2))
-    # "9 + 10 = 19" in the prefix is not an answer; the boxed conclusion is
-    assert [t["acc"] for t in out["thoughts"]] == [0.0, 0.0, 0.0, 1.0]
-    out2 = score_record(rec, Silent(None), ImportanceConfig(rollouts=2, grade_prefix=False))
-    assert [t["acc"] for t in out2["thoughts"]] == [0.0, 0.0, 0.0, 0.0]
+    # a box only in the kept prefix never counts: the silent continuation did not answer
+    out = score_record(rec, Fixed([("", "stop"), ("", "stop")]), ImportanceConfig(rollouts=2))
+    assert [t["acc"] for t in out["thoughts"]] == [0.0, 0.0, 0.0, 0.0]
+    assert [t["unfinished"] for t in out["thoughts"]] == [2, 2, 2, 2] and out["importance"]["unfinished"] == 10
+    # right, a number that is not boxed (no last-number fallback), a box cut by the token limit
+    outputs = [("done: \\boxed{19}", "stop"), ("so it is 19", "stop"), ("\\boxed{19} and then", "length"),
+               ("\\boxed{20}", "stop")]
+    out = score_record(rec, Fixed(outputs), ImportanceConfig(rollouts=4))
+    t = out["thoughts"][0]
+    assert t["acc"] == 0.25 and t["right"] == 1 and t["unfinished"] == 2
+    imp = out["importance"]
+    assert imp["estimator"] == "rollout" and imp["model"] == "scripted" and imp["unfinished0"] == 2
+    assert imp["rollouts_cut_by_length"] == 5 and imp["unfinished"] == 10
 
 
 def test_context_truncation_is_flagged_not_fatal():
@@ -137,6 +151,9 @@ def test_metric_registry_is_pluggable():
 
 def test_hoeffding_bound_shrinks_with_rollouts():
     assert hoeffding_bound(1.0, 5, 0.05) == pytest.approx(2 * math.sqrt(math.log(80) / 10))
+    # the constant the docs and the config help state (issue 9: it was documented as 0.68)
+    assert round(hoeffding_bound(1.0, 5, 0.05), 2) == 1.32
+    assert "1.32" in ImportanceConfig.model_fields["rollouts"].description
     assert hoeffding_bound(0.5, 20, 0.05) < hoeffding_bound(0.5, 5, 0.05)
 
 
@@ -173,8 +190,10 @@ def test_importance_on_real_tiny_model(tiny_engine):
     for t in out["thoughts"]:
         assert t["acc"] * 3 == pytest.approx(round(t["acc"] * 3))
         assert -1.0 <= t["score"] <= 1.0 and 0 < t["d"] <= 1.0
-    # the last thought ends with the boxed answer: every rollout from the full trace is right
-    assert out["thoughts"][-1]["acc"] == 1.0
+    # 4 random tokens never reach a final answer: every rollout is unfinished and wrong, even from
+    # the full trace whose last thought holds the boxed answer (the prefix's box does not count)
+    assert all(t["acc"] == 0.0 and t["unfinished"] == 3 for t in out["thoughts"])
+    assert imp["unfinished"] == (n + 1) * 3 and imp["estimator"] == "rollout"
     # y is measured in the model's tokens and grows to the whole trace
     ys = [t["y"] for t in out["thoughts"]]
     assert ys == sorted(ys) and ys[-1] <= imp["Y"] == tiny_engine.count_tokens(rec["response"])
@@ -191,6 +210,8 @@ def test_importance_on_embedded_smollm2():
     small = SynthConfig(num_ops=1, redundancy=1, vary_ops=False)
     rec = chunk_records(generate(1, seed=9, config=small), ChunkConfig(method="gold"))[0]
     out = score_record(rec, eng, ImportanceConfig(rollouts=2, max_new_tokens=24))
-    assert out["importance"]["num_rollouts"] == 2 * (len(rec["thoughts"]) + 1)
-    assert out["thoughts"][-1]["acc"] == 1.0  # the boxed conclusion is in the prefix
+    imp = out["importance"]
+    assert imp["num_rollouts"] == 2 * (len(rec["thoughts"]) + 1) and imp["model"] == "smollm2-135m"
     assert all(t["score"] is not None and abs(t["score"]) <= 1 for t in out["thoughts"])
+    # a rollout counts as right only when it finished with a box, so right <= finished
+    assert all(t["right"] <= 2 - t["unfinished"] for t in out["thoughts"])

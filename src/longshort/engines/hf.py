@@ -535,3 +535,14 @@ class HFEngine(Engine):
         out = fn(input_ids=ids, attention_mask=mask, position_ids=pos,
                              **{self._cache_kw: cache}, use_cache=True)
         return out.logits[:, -1, :].clone()
+
+    # -- forced-answer probes (the `forced` importance estimator) ---------------------------
+
+    def branch_logprobs(self, request: GenerationRequest, segments: Sequence[str], stems: Sequence[str],
+                        targets: Sequence[str], *, max_context: int | None = None) -> list[Any]:
+        """log P(target | rendered request + segments[:i] + stem) for every prefix i, stem and
+        target, the text encoded once and the probes branched off its KV cache (`engines/probe.py`)."""
+        from longshort.engines.probe import branch_logprobs
+
+        return branch_logprobs(self.model, self.tokenizer, self.render(request), segments, stems, targets,
+                               max_context=max_context or self._context_length(), cache_kw=self._cache_kw)

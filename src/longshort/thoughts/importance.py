@@ -1,25 +1,34 @@
-"""Monte Carlo importance of thoughts (DESIGN §5).
+"""Importance of thoughts (DESIGN §5): what each thought adds to the chance of the right answer.
 
-For a trace with thoughts 1..n and i = 0..n, the model is given the question (solo long-CoT
-prompt) and, as the beginning of its reply, `"<think>\\n"` + thoughts 1..i. It samples R
-continuations (one request with `n=R`, so the engine encodes the shared prefix once) that
-must reach a final answer; each is graded (`evaluation.grading.grade`) on the prefix plus the
-continuation (the model's whole reasoning). Then, per thought i:
+For a trace with thoughts 1..n and i = 0..n, prefix i is the question (solo long-CoT prompt)
+with `"<think>\\n"` + thoughts 1..i as the beginning of the model's reply. An *estimator*
+measures acc_i, the accuracy after prefix i (`acc_0` = question alone):
 
-- `acc_i = right_i / R` (accuracy after thought i; `acc_0` = question alone),
+- `rollout` (the paper's): sample R continuations (one request with `n=R`, so the engine
+  encodes the shared prefix once) and grade each continuation alone (`grade_rollout`): its
+  last `\\boxed{}` is its answer; no box, or cut by `max_new_tokens`, is *unfinished* and wrong
+  (counted per thought); a box that is only in the kept prefix never counts; there is no
+  last-number fallback. acc_i = right_i / R.
+- `forced`: close the thinking after prefix i, prefill an answer opening that ends in
+  `\\boxed{` and read the model's probability of the gold answer and the closing brace
+  (`forced_accuracies`); no sampling. The trace is encoded once and the probes branch off its
+  KV cache (`engines/probe.py`), so a trace costs about one forward pass.
+
+Then, per thought i, whatever the estimator:
+
 - effectiveness `e_i = acc_i - acc_{i-1}`,
 - efficiency decay `d_i = delta ** (y_i / Y)` (y_i = tokens up to the end of thought i,
   Y = tokens of the whole trace; delta = 0.25),
-- joint score `s_i = e_i * d_i` in [-1, 1] and its Hoeffding bound
-  `2 * d_i * sqrt(ln(4 / alpha) / (2 R))` (|ŝ_i - s_i| ≤ bound with probability ≥ 1 - alpha).
+- joint score `s_i = e_i * d_i` in [-1, 1] and its bound: for `rollout` Hoeffding's
+  `2 * d_i * sqrt(ln(4 / alpha) / (2 R))` (|ŝ_i - s_i| ≤ bound with probability ≥ 1 - alpha;
+  ≈ 1.32·d_i at R = 5, alpha = 0.05, wider than the score range: single scores are noisy, pooled
+  ones are not); for `forced` None (acc_i is computed exactly, there is no sampling error).
 
 The metric is pluggable: `METRICS` maps a name to a function computing the per-thought fields
 from the accuracies and token positions (`register_metric`).
 
-All rollouts of a trace go out in one `generate` call (n+1 requests × R samples). A trace
-whose prefix would not fit the model's context (prompt + prefix + max_new_tokens) is scored up
-to the last thought that fits; later thoughts get `score: None` and the record the flag
-`context_truncated` (never a crash).
+A prefix that would not fit the model's context is not scored: later thoughts get
+`score: None` and the record the flag `context_truncated` (never a crash).
 
 >>> [round(x["score"], 3) for x in gain_decay([0.0, 0.6, 0.6, 1.0], [0, 10, 20, 40], 40,
 ...                                            ImportanceConfig())]
@@ -31,40 +40,57 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
-from longshort.errors import InputError
+from longshort.errors import InputError, LongshortError
 
 # --------------------------------------------------------------------------- config
 
 
-class ImportanceConfig(BaseModel):
-    """Settings of Monte Carlo importance scoring."""
+DEFAULT_OPENINGS = ("The final answer is \\boxed{", "**Final Answer**\n\\boxed{")
 
-    rollouts: int = Field(5, ge=1, description="Continuations R per prefix; 5 as in the paper "
-                          "(Hoeffding bound ≈ 0.68·d_i at alpha=0.05).")
+
+class ImportanceConfig(BaseModel):
+    """Settings of importance scoring (both estimators of the accuracy term)."""
+
+    estimator: Literal["rollout", "forced"] = Field(
+        "rollout", description="How acc_i is measured: 'rollout' (the paper's: sample R continuations, "
+        "grade their boxed answers) or 'forced' (close the thinking, prefill an answer opening, read the "
+        "model's probability of the gold answer; no sampling, transformers engine only).")
+    rollouts: int = Field(5, ge=1, description="rollout: continuations R per prefix; 5 as in the paper "
+                          "(Hoeffding bound 2·d_i·sqrt(ln(4/alpha)/(2R)) ≈ 1.32·d_i at alpha=0.05).")
     delta: float = Field(0.25, gt=0.0, le=1.0, description="Length decay base δ: a thought at the "
                          "end of the trace is worth δ of one at the start; 0.25 as in the paper.")
-    alpha: float = Field(0.05, gt=0.0, lt=1.0, description="Confidence level of the stored bound "
+    alpha: float = Field(0.05, gt=0.0, lt=1.0, description="rollout: confidence level of the stored bound "
                          "(holds with probability ≥ 1 - alpha); 0.05 is the usual 95%.")
     metric: str = Field("gain_decay", description="Scoring function from METRICS; 'gain_decay' is "
                         "DESIGN §5 (e_i · d_i), 'gain' drops the length decay.")
-    max_new_tokens: int = Field(512, ge=1, description="Tokens per continuation; enough for a small "
+    max_new_tokens: int = Field(512, ge=1, description="rollout: tokens per continuation; enough for a small "
                                 "model to finish short problems, raise it for real long-CoT models.")
-    temperature: float = Field(0.7, ge=0.0, description="Sampling temperature of rollouts: >0 so "
+    temperature: float = Field(0.7, ge=0.0, description="rollout: sampling temperature: >0 so "
                                "the R samples differ; 0.7 is the usual setting for R1-style models.")
-    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus mass of rollouts (R1 default).")
-    seed: int = Field(0, description="Base seed; each (trace, prefix) request gets a seed derived "
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="rollout: nucleus mass (R1 default).")
+    seed: int = Field(0, description="rollout: base seed; each (trace, prefix) request gets a seed derived "
                       "from it, so reruns and the reuse/no-reuse benchmark sample the same.")
-    grade_prefix: bool = Field(True, description="Grade prefix + continuation (the whole reasoning: "
-                               "an answer already written in the kept thoughts counts) rather than "
-                               "the continuation alone.")
     max_context: int | None = Field(None, ge=16, description="Model context in tokens; None = read "
                                     "from the engine's model config (max_position_embeddings).")
-    stop: list[str] = Field(default_factory=list, description="Extra stop strings for rollouts; "
+    stop: list[str] = Field(default_factory=list, description="rollout: extra stop strings; "
                             "none by default, the continuation runs to EOS or max_new_tokens.")
+    answer_openings: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_OPENINGS), min_length=1,
+        description="forced: answer openings written after '\\n</think>\\n\\n', each ending in "
+        "'\\boxed{'; acc_i is the mean over them (two common R1-style phrasings, so no single wording "
+        "decides the score). Set them to the scoring model's own answer format when it has one.")
+
+    @field_validator("answer_openings")
+    @classmethod
+    def _openings_end_in_box(cls, v: list[str]) -> list[str]:
+        bad = [o for o in v if not o.endswith("\\boxed{")]
+        if bad:
+            raise ValueError(f"every answer opening must end with '\\boxed{{' (got {bad[0]!r})")
+        return v
 
 
 # --------------------------------------------------------------------------- metrics
@@ -88,8 +114,18 @@ def register_metric(name: str) -> Callable[[MetricFn], MetricFn]:
 
 def hoeffding_bound(d: float, rollouts: int, alpha: float) -> float:
     """Half-width of the (1-alpha) interval of e_i·d_i from two independent accuracy estimates
-    (each within sqrt(ln(4/alpha)/(2R)) with probability ≥ 1-alpha/2)."""
+    (each within sqrt(ln(4/alpha)/(2R)) with probability ≥ 1-alpha/2).
+
+    >>> round(hoeffding_bound(1.0, 5, 0.05), 2)  # R = 5: wider than the score range [-1, 1] itself
+    1.32
+    """
     return 2.0 * d * math.sqrt(math.log(4.0 / alpha) / (2.0 * rollouts))
+
+
+def estimation_bound(d: float, cfg: ImportanceConfig) -> float | None:
+    """The stored bound of a score: Hoeffding for `rollout`; None for `forced`, whose acc_i is an
+    exact probability (no sampling error to bound; what it leaves out is a bias, see the docs)."""
+    return hoeffding_bound(d, cfg.rollouts, cfg.alpha) if cfg.estimator == "rollout" else None
 
 
 @register_metric("gain_decay")
@@ -103,7 +139,7 @@ def gain_decay(acc: Sequence[float | None], y: Sequence[int], Y: int, cfg: Impor
             out.append({"e": None, "d": d, "score": None, "bound": None})
             continue
         e = acc[i] - acc[i - 1]
-        out.append({"e": e, "d": d, "score": e * d, "bound": hoeffding_bound(d, cfg.rollouts, cfg.alpha)})
+        out.append({"e": e, "d": d, "score": e * d, "bound": estimation_bound(d, cfg)})
     return out
 
 
@@ -117,7 +153,7 @@ def gain(acc: Sequence[float | None], y: Sequence[int], Y: int, cfg: ImportanceC
             out.append({"e": None, "d": 1.0, "score": None, "bound": None})
             continue
         e = acc[i] - acc[i - 1]
-        out.append({"e": e, "d": 1.0, "score": e, "bound": hoeffding_bound(1.0, cfg.rollouts, cfg.alpha)})
+        out.append({"e": e, "d": 1.0, "score": e, "bound": estimation_bound(1.0, cfg)})
     return out
 
 
@@ -229,69 +265,206 @@ def _base_prompt_tokens(engine: Any, messages: list[dict[str, str]]) -> int:
     return sum(_count(engine, m["content"]) + 4 for m in messages) + 8
 
 
+ESTIMATES = ("cap", "trace", "pilot")
+
+
 def plan_trace(engine: Any, record: dict[str, Any], cfg: ImportanceConfig) -> dict[str, Any]:
-    """What scoring one trace needs: prefixes that fit, rollouts, estimated generated tokens."""
+    """What scoring one trace needs: prefixes that fit, rollouts, and generated-token estimates.
+
+    `est_cap`: every rollout runs to `max_new_tokens` (an upper bound, and what small or random
+    models do: they rarely close a boxed answer early). `est_trace`: each rollout writes as much
+    as the rest of the trace after its prefix, capped (what a model that continues like the trace
+    would write). `est_tokens` = `est_cap` (see `plan` for the pilot estimate). The `forced`
+    estimator samples nothing: its estimates are 0 and `forward_tokens` counts what it encodes.
+    """
     texts = [t["text"] for t in record["thoughts"]]
     n = len(texts)
     messages = _messages(record["problem"])
     base = _base_prompt_tokens(engine, messages)
     y, Y = token_positions(engine, record)
     ctx = engine_context(engine, cfg)
+    forced = getattr(cfg, "estimator", "rollout") == "forced"
+    room = 0 if forced else cfg.max_new_tokens
     last = n
     if ctx is not None:
         # +2 tokens per thought for the "\n\n" joins and "<think>\n"; a small margin for merges
-        while last >= 0 and base + y[last] + 2 * last + 4 + cfg.max_new_tokens > ctx:
+        while last >= 0 and base + y[last] + 2 * last + 4 + room > ctx:
             last -= 1
+    rollouts = 0 if forced else (last + 1) * cfg.rollouts
     rest = [max(16, Y - y[i]) for i in range(n + 1)]
-    est = sum(min(cfg.max_new_tokens, rest[i]) for i in range(last + 1)) * cfg.rollouts
+    est_trace = 0 if forced else sum(min(cfg.max_new_tokens, rest[i]) for i in range(last + 1)) * cfg.rollouts
+    est_cap = rollouts * cfg.max_new_tokens
+    forward = 0
+    if forced and last >= 0:
+        openings = getattr(cfg, "answer_openings", []) or [""]
+        probe = sum(_count(engine, o) for o in openings) + len(openings) * (_count(engine, str(record["answer"])) + 8)
+        forward = base + y[last] + 2 * last + 4 + (last + 1) * probe
     return {"messages": messages, "texts": texts, "y": y, "Y": Y, "last": last,
-            "rollouts": (last + 1) * cfg.rollouts, "est_tokens": est, "prompt_tokens": base}
+            "rollouts": rollouts, "est_tokens": est_cap, "est_cap": est_cap, "est_trace": est_trace,
+            "forward_tokens": forward, "prompt_tokens": base}
 
 
-def plan(records: Sequence[dict[str, Any]], engine: Any, config: ImportanceConfig | None = None
-         ) -> dict[str, Any]:
-    """Totals for a dry run: traces, thoughts, requests, rollouts, estimated generated tokens."""
+def plan(records: Sequence[dict[str, Any]], engine: Any, config: ImportanceConfig | None = None,
+         *, tokens_per_rollout: float | None = None) -> dict[str, Any]:
+    """Totals for a dry run (and the check after a run): traces, thoughts, prefixes (requests),
+    rollouts and generated tokens: `est_generated_tokens` with `estimate_method`:
+
+    - "pilot": `tokens_per_rollout` measured on a few real rollouts (`pilot`) times the rollouts;
+    - "cap" (default without a pilot): every rollout runs to `max_new_tokens` (an upper bound);
+    - "forced": no sampling, 0 generated tokens; `forward_tokens` is what gets encoded.
+
+    `est_cap_tokens` and `est_trace_tokens` (as long as the rest of the trace) are always given.
+    """
     cfg = config or ImportanceConfig()
-    totals = {"traces": len(records), "thoughts": 0, "requests": 0, "rollouts": 0,
-              "est_generated_tokens": 0, "truncated_traces": 0}
+    totals: dict[str, Any] = {"traces": len(records), "thoughts": 0, "requests": 0, "rollouts": 0,
+                              "est_generated_tokens": 0, "est_cap_tokens": 0, "est_trace_tokens": 0,
+                              "forward_tokens": 0, "truncated_traces": 0}
     for r in records:
         p = plan_trace(engine, r, cfg)
         totals["thoughts"] += len(p["texts"])
         totals["requests"] += p["last"] + 1
         totals["rollouts"] += p["rollouts"]
-        totals["est_generated_tokens"] += p["est_tokens"]
+        totals["est_cap_tokens"] += p["est_cap"]
+        totals["est_trace_tokens"] += p["est_trace"]
+        totals["forward_tokens"] += p["forward_tokens"]
         totals["truncated_traces"] += p["last"] < len(p["texts"])
+    if getattr(cfg, "estimator", "rollout") == "forced":
+        totals["estimate_method"] = "forced"
+    elif tokens_per_rollout is not None:
+        totals["estimate_method"] = "pilot"
+        per = min(float(tokens_per_rollout), float(cfg.max_new_tokens))
+        totals["est_generated_tokens"] = int(round(per * totals["rollouts"]))
+        totals["tokens_per_rollout"] = round(per, 1)
+    else:
+        totals["estimate_method"] = "cap"
+        totals["est_generated_tokens"] = totals["est_cap_tokens"]
     return totals
+
+
+def pilot(records: Sequence[dict[str, Any]], engine: Any, config: ImportanceConfig | None = None,
+          prefixes: int = 3) -> dict[str, Any]:
+    """Measure generated tokens per rollout on `prefixes` real prefixes, spread evenly over all
+    prefixes to score (the first, the last, and between), with the very requests (prompt, prefix,
+    seed, R) the scoring run will send, so `plan(..., tokens_per_rollout=...)` extrapolates from
+    the model's real behaviour. Costs `prefixes` x R rollouts."""
+    from longshort.engines.base import GenerationRequest, SamplingParams
+
+    cfg = config or ImportanceConfig()
+    pairs = []
+    for r in records:
+        p = plan_trace(engine, r, cfg)
+        pairs.extend((r, p, i) for i in range(p["last"] + 1))
+    if not pairs or prefixes < 1:
+        return {"prefixes": 0, "rollouts": 0, "tokens": 0, "tokens_per_rollout": None, "cut_share": None}
+    k = min(prefixes, len(pairs))
+    picks = [pairs[round(j * (len(pairs) - 1) / max(1, k - 1))] for j in range(k)] if k > 1 else [pairs[0]]
+    reqs = [GenerationRequest(
+        messages=p["messages"], assistant_prefix=think_prefix(p["texts"], i),
+        params=SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, n=cfg.rollouts,
+                              max_new_tokens=cfg.max_new_tokens, stop=list(cfg.stop),
+                              seed=request_seed(cfg.seed, str(r.get("id")), i)),
+        meta={"id": str(r.get("id")), "prefix": i, "pilot": True}) for r, p, i in picks]
+    outs = engine.generate(reqs)
+    comps = [c for o in outs for c in o.completions]
+    tokens = sum(c.num_tokens for c in comps)
+    return {"prefixes": k, "rollouts": len(comps), "tokens": tokens,
+            "tokens_per_rollout": tokens / len(comps) if comps else None,
+            "cut_share": sum(c.finish_reason == "length" for c in comps) / len(comps) if comps else None}
+
+
+def describe_plan(p: dict[str, Any], cfg: ImportanceConfig) -> str:
+    """One line for a cost plan (CLI dry run, pipeline before its score stage)."""
+    head = f"{p['traces']} trace(s), {p['thoughts']} thoughts, {p['requests']} requests (prefixes)"
+    if p.get("estimate_method") == "forced":
+        return head + f", no rollouts (forced estimator): ~{p['forward_tokens']} tokens encoded, 0 generated"
+    how = {"cap": f"every rollout runs to max_new_tokens={cfg.max_new_tokens}",
+           "pilot": f"pilot: {p.get('tokens_per_rollout')} tokens per real rollout x rollouts"}[p["estimate_method"]]
+    return (head + f" x {cfg.rollouts} = {p['rollouts']} rollouts, ~{p['est_generated_tokens']} generated tokens "
+            f"({how}; upper bound {p['est_cap_tokens']}, as long as the rest of each trace {p['est_trace_tokens']})")
+
+
+def describe_actual(p: dict[str, Any], generated: int) -> str:
+    """Estimate vs actual generated tokens, for the summary after scoring."""
+    est = p.get("est_generated_tokens", 0)
+    ratio = f", actual/estimate {generated / est:.2f}" if est else ""
+    return f"generated {generated} tokens; estimated {est} ({p.get('estimate_method')}){ratio}"
 
 
 # --------------------------------------------------------------------------- scoring
 
 
-def grade_rollout(prefix: str, continuation: str, answer: str, choices: Any, cfg: ImportanceConfig,
-                  grader: Callable[..., bool]) -> bool:
-    """Is one rollout right? Its final answer is the last \\boxed{} of the whole reasoning
-    (prefix + continuation, with `grade_prefix`); without any boxed answer the continuation
-    alone is graded with the grader's fallbacks, so numbers in the kept thoughts never count
-    as an answer the model did not give."""
+def grade_rollout(continuation: str, finish_reason: str, answer: str, choices: Any,
+                  grader: Callable[..., bool]) -> tuple[bool, bool]:
+    """(right, finished) for one rollout. Only the continuation is graded: its last \\boxed{} is
+    its final answer. A continuation with no box, or cut by the token limit, did not reach a final
+    answer: it is unfinished and wrong. A box that is only in the kept prefix never counts, and
+    there is no last-number fallback (a number in the text is not an answer).
+
+    >>> from longshort.evaluation.grading import grade
+    >>> grade_rollout("so 7 + 5 = 12. \\boxed{12}", "stop", "12", None, grade)
+    (True, True)
+    >>> grade_rollout("so 7 + 5 = 12", "stop", "12", None, grade), grade_rollout("\\boxed{12} and", "length", "12", None, grade)
+    ((False, False), (False, False))
+    """
     from longshort.dialogue.protocol import extract_boxed
 
-    boxed = extract_boxed(prefix + continuation if cfg.grade_prefix else continuation)
-    if boxed is not None:
-        return bool(grader("\\boxed{" + boxed + "}", answer, choices=choices))
-    return bool(grader(continuation, answer, choices=choices))
+    boxed = extract_boxed(continuation)
+    if boxed is None or finish_reason == "length":
+        return False, False
+    return bool(grader("\\boxed{" + boxed + "}", answer, choices=choices)), True
 
 
+def answer_targets(answer: str) -> list[str]:
+    """The strings whose probability makes the forced acc_i: the gold answer and its closing brace,
+    as written and after one space (``\\boxed{ 12}`` grades the same as ``\\boxed{12}``; the two
+    strings are disjoint events, so their probabilities add)."""
+    a = answer.strip()
+    return [a + "}", " " + a + "}"]
 
-def score_record(record: dict[str, Any], engine: Any, config: ImportanceConfig | None = None, *,
-                 progress: bool = False, grader: Callable[..., bool] | None = None) -> dict[str, Any]:
-    """Score one chunked trace; returns a new record with per-thought importance fields."""
+
+def forced_accuracies(record: dict[str, Any], engine: Any, cfg: ImportanceConfig
+                      ) -> tuple[list[float | None], dict[str, Any]]:
+    """acc_0..acc_n of the `forced` estimator and what the record should say about them.
+
+    Prefix i is the solo long-CoT prompt with ``"<think>\\n"`` + thoughts 1..i (joined by blank
+    lines) as the start of the reply; each probe closes the thinking (``"\\n</think>\\n\\n"``),
+    adds an answer opening that ends in ``\\boxed{`` and reads the model's probability of the gold
+    answer + ``}`` (`answer_targets`). acc_i = mean over the openings of that probability. The
+    engine encodes the trace once and branches the probes off its KV cache
+    (`engines/probe.py`); a prefix that does not fit the context gets None.
+    """
+    from longshort.dialogue.protocol import THINK_CLOSE, THINK_OPEN
+    from longshort.engines.base import GenerationRequest
+
+    probe = getattr(engine, "branch_logprobs", None)
+    if not callable(probe):
+        raise LongshortError(
+            f"importance estimator 'forced' reads the model's probability of the gold answer, which the "
+            f"{getattr(engine, 'name', type(engine).__name__)!r} engine cannot give; use the transformers "
+            "engine (--engine transformers) or --estimator rollout")
+    texts = [t["text"] for t in record["thoughts"]]
+    segments = [("\n\n" if k else "") + t for k, t in enumerate(texts)]
+    stems = ["\n" + THINK_CLOSE + "\n\n" + o for o in cfg.answer_openings]
+    targets = answer_targets(str(record["answer"]))
+    request = GenerationRequest(messages=_messages(record["problem"]), assistant_prefix=THINK_OPEN + "\n")
+    logps = probe(request, segments, stems, targets, max_context=engine_context(engine, cfg))
+    acc: list[float | None] = []
+    for row in logps:
+        if row is None:
+            acc.append(None)
+            continue
+        per_opening = [min(1.0, sum(math.exp(lp) for lp in r)) for r in row]
+        acc.append(sum(per_opening) / len(per_opening))
+    info = {"answer_openings": list(cfg.answer_openings), "answer_targets": targets,
+            "probes": sum(row is not None for row in logps) * len(stems) * len(targets),
+            "num_rollouts": 0, "generated_tokens": 0}  # no sampling
+    return acc, info
+
+
+def _rollout_accuracies(record: dict[str, Any], engine: Any, cfg: ImportanceConfig, grader: Callable[..., bool],
+                        progress: bool) -> tuple[list[float | None], dict[str, Any], dict[str, list[Any]]]:
     from longshort.engines.base import GenerationRequest, SamplingParams
 
-    cfg = config or ImportanceConfig()
-    if cfg.metric not in METRICS:
-        raise InputError(f"unknown importance metric {cfg.metric!r}; known: {sorted(METRICS)}")
-    if grader is None:
-        from longshort.evaluation.grading import grade as grader
     p = plan_trace(engine, record, cfg)
     texts, last, n = p["texts"], p["last"], len(p["texts"])
     rid = str(record.get("id"))
@@ -305,32 +478,55 @@ def score_record(record: dict[str, Any], engine: Any, config: ImportanceConfig |
     results = engine.generate(requests, progress=progress) if requests else []
     acc: list[float | None] = [None] * (n + 1)
     right: list[int | None] = [None] * (n + 1)
-    gen_tokens = 0
-    truncated_rollouts = 0
+    unfinished: list[int | None] = [None] * (n + 1)
+    gen_tokens = cut = 0
     for i, res in enumerate(results):
-        prefix = requests[i].assistant_prefix
-        ok = 0
+        ok = unf = 0
         for c in res.completions:
             gen_tokens += c.num_tokens
-            truncated_rollouts += c.finish_reason == "length"
-            ok += bool(grade_rollout(prefix, c.text, record["answer"], choices, cfg, grader))
-        right[i] = ok
+            cut += c.finish_reason == "length"
+            r, finished = grade_rollout(c.text, c.finish_reason, record["answer"], choices, grader)
+            ok += r
+            unf += not finished
+        right[i], unfinished[i] = ok, unf
         acc[i] = ok / len(res.completions) if res.completions else None
-    fields = METRICS[cfg.metric](acc, p["y"], p["Y"], cfg)
+    info = {"rollouts": cfg.rollouts, "alpha": cfg.alpha, "generated_tokens": gen_tokens,
+            "num_rollouts": sum(len(r.completions) for r in results), "rollouts_cut_by_length": cut,
+            "unfinished": sum(u or 0 for u in unfinished), "max_new_tokens": cfg.max_new_tokens,
+            "seed": cfg.seed}
+    return acc, info, {"right": right, "unfinished": unfinished}
+
+
+def score_record(record: dict[str, Any], engine: Any, config: ImportanceConfig | None = None, *,
+                 progress: bool = False, grader: Callable[..., bool] | None = None) -> dict[str, Any]:
+    """Score one chunked trace; returns a new record with per-thought importance fields and an
+    `importance` summary saying which estimator and which model scored it."""
+    cfg = config or ImportanceConfig()
+    if cfg.metric not in METRICS:
+        raise InputError(f"unknown importance metric {cfg.metric!r}; known: {sorted(METRICS)}")
+    n = len(record["thoughts"])
+    y, Y = token_positions(engine, record)
+    per_prefix: dict[str, list[Any]] = {}
+    if cfg.estimator == "forced":
+        acc, info = forced_accuracies(record, engine, cfg)
+    else:
+        if grader is None:
+            from longshort.evaluation.grading import grade as grader
+        acc, info, per_prefix = _rollout_accuracies(record, engine, cfg, grader, progress)
+    scored = max([i for i, a in enumerate(acc) if a is not None], default=-1)
+    fields = METRICS[cfg.metric](acc, y, Y, cfg)
     thoughts = []
     for k, (t, f) in enumerate(zip(record["thoughts"], fields, strict=True), start=1):
-        thoughts.append({**t, "acc": acc[k], "acc_prev": acc[k - 1], "right": right[k], "y": p["y"][k], **f})
+        extra = {name: vals[k] for name, vals in per_prefix.items()}
+        thoughts.append({**t, "acc": acc[k], "acc_prev": acc[k - 1], **extra, "y": y[k], **f})
     flags = list(record.get("flags", []))
-    if last < n:
+    if scored < n:
         flags.append("context_truncated")
     out = {k: v for k, v in record.items() if k != "thoughts"}
     out.update(thoughts=thoughts, flags=list(dict.fromkeys(flags)), importance={
-        "metric": cfg.metric, "rollouts": cfg.rollouts, "delta": cfg.delta, "alpha": cfg.alpha,
-        "acc0": acc[0], "acc_full": acc[n], "Y": p["Y"], "scored_thoughts": max(0, last),
-        "model": getattr(engine, "model_name", ""), "generated_tokens": gen_tokens,
-        "num_rollouts": sum(len(r.completions) for r in results),
-        "rollouts_cut_by_length": truncated_rollouts, "max_new_tokens": cfg.max_new_tokens,
-        "seed": cfg.seed})
+        "estimator": cfg.estimator, "model": getattr(engine, "model_name", ""), "metric": cfg.metric,
+        "delta": cfg.delta, "acc0": acc[0], "acc_full": acc[n], "Y": Y, "scored_thoughts": max(0, scored),
+        **({"unfinished0": per_prefix["unfinished"][0]} if per_prefix else {}), **info})
     return out
 
 

@@ -1,0 +1,201 @@
+"""Forced-answer probes over a transformers causal LM: the log-probability of short target strings
+after every prefix of a segmented text, with the text encoded once (the `forced` importance
+estimator of DESIGN §5).
+
+The text is `prompt + segments[0] + … + segments[n-1]`; boundary i (i = 0..n) is the end of
+`prompt + segments[:i]`. At every boundary each *stem* (e.g. ``"\\n</think>\\n\\nThe final answer
+is \\boxed{"``) is appended and, after it, each *target* (e.g. ``"18}"``) is scored:
+``logprob[i][s][t] = log P(target_t | text up to boundary i + stem_s)`` under teacher forcing.
+
+How it stays cheap (prefix i+1 extends prefix i):
+
+1. The prompt and every segment are tokenised separately and concatenated, so boundary i is a
+   token position and the token sequence of prefix i is a prefix of that of prefix i+1. The whole
+   text goes through the model once (in chunks of `chunk_tokens`), filling a KV cache.
+2. The probes are *branches* off that cache: for each (boundary, stem) a block holding the stem's
+   tokens and, after them, every target's tokens but the last. Many blocks go through one forward
+   pass together, appended after the cached text, with a custom 4D attention mask: a block token
+   sees the text up to its boundary, the block's stem, and (for target tokens) the earlier tokens
+   of its own target, nothing else; its position id continues from its boundary. After the pass
+   the cache is cropped back to the text. Only the positions whose next token is scored go
+   through the LM head (`logits_to_keep`).
+
+So a trace of T tokens with n thoughts costs one forward pass over T tokens plus a few short
+ones over (n+1) × stems × (stem + targets) tokens, instead of n+1 passes over up to T tokens.
+`naive_logprobs` computes the same numbers the slow way (one full forward per probe); the tests
+hold the two equal.
+
+Tokenising pieces separately can differ from tokenising the joined text where a BPE merge would
+cross a piece boundary (rare for byte-level BPE when pieces start with whitespace or punctuation);
+the model then scores a valid but non-canonical tokenisation. Targets are tokenised on their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class _Block:
+    boundary: int            # token position of the boundary (length of the text prefix)
+    row: int                 # index into the output rows (boundary index i)
+    stem: int                # stem index
+    tokens: list[int]        # stem tokens, then each target's tokens but its last
+    # attention within the block: for each block token, the block-local indices it may see
+    local: list[list[int]]
+    # scoring: (target index, block-local position whose logits predict it, token id) per target token
+    scored: list[tuple[int, int, int]]
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+def _block(boundary: int, row: int, s: int, stem: list[int], targets: list[list[int]]) -> _Block:
+    tokens = list(stem)
+    local = [list(range(k + 1)) for k in range(len(stem))]
+    scored: list[tuple[int, int, int]] = []
+    for t, tgt in enumerate(targets):
+        prev = len(stem) - 1  # the stem's last token predicts the target's first
+        own: list[int] = []
+        for m, tok in enumerate(tgt):
+            scored.append((t, prev, tok))
+            if m == len(tgt) - 1:
+                break
+            pos = len(tokens)
+            tokens.append(tok)
+            own.append(pos)
+            local.append(list(range(len(stem))) + list(own))
+            prev = pos
+    return _Block(boundary, row, s, tokens, local, scored)
+
+
+def branch_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequence[str], stems: Sequence[str],
+                    targets: Sequence[str], *, max_context: int | None = None, chunk_tokens: int = 1024,
+                    branch_tokens: int = 1024, cache_kw: str | None = None
+                    ) -> list[list[list[float]] | None]:
+    """``out[i][s][t]`` = log P(targets[t] | prompt + segments[:i] + stems[s]) for i = 0..n, or
+    ``out[i] = None`` where that probe would not fit `max_context` tokens (see the module docstring).
+
+    `chunk_tokens`: text tokens per forward pass when encoding the text; `branch_tokens`: probe
+    tokens per forward pass (both bound memory, neither changes the result beyond rounding);
+    `cache_kw`: the forward argument taking the KV cache (None = `cache` where the model's forward
+    has it, as in transformers 5, else `past_key_values`).
+    """
+    import inspect
+
+    import torch
+    from transformers import DynamicCache
+
+    if not stems or not targets:
+        raise ValueError("branch_logprobs needs at least one stem and one target")
+    prompt_ids = _encode(tokenizer, prompt)
+    if not prompt_ids:
+        raise ValueError("branch_logprobs needs a non-empty prompt")
+    stem_ids = [_encode(tokenizer, s) for s in stems]
+    target_ids = [_encode(tokenizer, t) for t in targets]
+    if any(not s for s in stem_ids) or any(not t for t in target_ids):
+        raise ValueError("every stem and target must encode to at least one token")
+    text = list(prompt_ids)
+    bounds = [len(text)]
+    for seg in segments:
+        text.extend(_encode(tokenizer, seg))
+        bounds.append(len(text))
+    probe_len = max(len(s) for s in stem_ids) + max(len(t) for t in target_ids)
+    fits = [max_context is None or b + probe_len <= max_context for b in bounds]
+    out: list[list[list[float]] | None] = [None] * len(bounds)
+    if not any(fits):
+        return out
+    L = max(b for b, ok in zip(bounds, fits, strict=True) if ok)
+    if cache_kw is None:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+        cache_kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    dev = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            cache = DynamicCache(config=model.config)
+            for s in range(0, L, chunk_tokens):
+                ids = torch.tensor([text[s:min(L, s + chunk_tokens)]], device=dev)
+                pos = torch.arange(s, s + ids.shape[1], device=dev)[None]
+                model(input_ids=ids, position_ids=pos, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
+            blocks = [_block(bounds[i], i, s, stem_ids[s], target_ids)
+                      for i in range(len(bounds)) if fits[i] for s in range(len(stems))]
+            result = [[[0.0] * len(targets) for _ in stems] if ok else None for ok in fits]
+            k = 0
+            while k < len(blocks):
+                group, size = [], 0
+                while k < len(blocks) and (not group or size + len(blocks[k].tokens) <= branch_tokens):
+                    group.append(blocks[k])
+                    size += len(blocks[k].tokens)
+                    k += 1
+                _run_group(model, cache, cache_kw, L, group, result, dev)
+                cache.crop(L - cache.get_seq_length())  # negative: drop the branch tokens (any version)
+            out = result
+    finally:
+        if was_training:
+            model.train()
+    return out
+
+
+def _run_group(model: Any, cache: Any, cache_kw: str, L: int, group: list[_Block],
+               result: list[list[list[float]] | None], dev: Any) -> None:
+    import torch
+
+    G = sum(len(b.tokens) for b in group)
+    dtype = next(model.parameters()).dtype
+    allowed = torch.zeros((G, L + G), dtype=torch.bool)
+    ids, pos, keep, targets = [], [], [], []  # keep: group positions whose logits are read
+    off = 0
+    for b in group:
+        for j, tok in enumerate(b.tokens):
+            ids.append(tok)
+            allowed[off + j, :b.boundary] = True
+            for m in b.local[j]:
+                allowed[off + j, L + off + m] = True
+            depth = len(b.local[j]) - 1  # tokens of the block before this one on its path
+            pos.append(b.boundary + depth)
+        for t, at, tok in b.scored:
+            keep.append(off + at)
+            targets.append((b.row, b.stem, t, tok))
+        off += len(b.tokens)
+    mask = torch.zeros((1, 1, G, L + G), dtype=dtype)
+    mask.masked_fill_(~allowed[None, None], torch.finfo(dtype).min)
+    uniq = sorted(set(keep))
+    where = {p: k for k, p in enumerate(uniq)}
+    logits = model(input_ids=torch.tensor([ids], device=dev), attention_mask=mask.to(dev),
+                   position_ids=torch.tensor([pos], device=dev), use_cache=True,
+                   logits_to_keep=torch.tensor(uniq, device=dev), **{cache_kw: cache}).logits[0]
+    logp = logits.float().log_softmax(-1)
+    for p, (row, s, t, tok) in zip(keep, targets, strict=True):
+        result[row][s][t] += float(logp[where[p], tok])
+
+
+def naive_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequence[str], stems: Sequence[str],
+                   targets: Sequence[str]) -> list[list[list[float]]]:
+    """The same numbers as `branch_logprobs`, one full forward pass per (boundary, stem, target):
+    the reference the fast path is tested against, and the baseline of its benchmark."""
+    import torch
+
+    prompt_ids = _encode(tokenizer, prompt)
+    seg_ids = [_encode(tokenizer, s) for s in segments]
+    dev = next(model.parameters()).device
+    out = []
+    with torch.inference_mode():
+        for i in range(len(segments) + 1):
+            prefix = prompt_ids + [t for s in seg_ids[:i] for t in s]
+            rows = []
+            for stem in stems:
+                ctx = prefix + _encode(tokenizer, stem)
+                row = []
+                for target in targets:
+                    tgt = _encode(tokenizer, target)
+                    ids = torch.tensor([ctx + tgt], device=dev)
+                    logp = model(input_ids=ids).logits[0].float().log_softmax(-1)
+                    row.append(sum(float(logp[len(ctx) - 1 + m, tok]) for m, tok in enumerate(tgt)))
+                rows.append(row)
+            out.append(rows)
+    return out
