@@ -39,6 +39,9 @@ def test_retypeset_copy_is_dropped_and_counted():
     assert exact.match(recs[0]["problem"]) == ("aime", "A1")
     edited = recs[0]["problem"].replace("Let x and y be", "Suppose x and y are")
     assert exact.match(edited) is None and idx.match(edited) == ("aime", "A1")
+    # the pipeline passes {set: [problem texts]}
+    texts = {k: [r["problem"] for r in v] for k, v in EVAL.items()}
+    assert decontaminate(recs, texts)[1]["by_benchmark"] == {"aime": 1, "math": 1}
     assert normalize_problem("A $\\frac{1}{2}$-inch") == normalize_problem("a \\frac 1 2 - inch")
 
 

@@ -206,6 +206,9 @@ def score(
     max_context: int | None = typer.Option(None, min=1, help="Model context in tokens (default: from the model)."),
     limit: int | None = typer.Option(None, min=1, help="Score only the first N traces."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print rollouts and estimated generated tokens, then stop."),
+    pilot: int = typer.Option(0, min=0, help="--dry-run: load the model and run the rollouts of this many "
+                              "prefixes (spread over the input) to measure tokens per rollout; 0 = assume every "
+                              "rollout runs to --max-new-tokens."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and count) bad records instead of stopping."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip ids already in --out."),
 ) -> None:
@@ -233,18 +236,29 @@ def score(
         done_ids = existing.done_ids  # read-only: a dry run changes nothing
     todo = [r for r in records if r["id"] not in done_ids]
     if dry_run:
-        counter = _TokenizerOnly(model) if engine in ("transformers", "hf") else _engine(model, engine, base_url)
-        p = plan(todo, counter, cfg)
-        typer.echo(f"dry run: {p['traces']} trace(s) to score ({len(records) - len(todo)} already done), "
-                   f"{p['thoughts']} thoughts, {p['requests']} requests x {rollouts} = {p['rollouts']} rollouts, "
-                   f"~{p['est_generated_tokens']} generated tokens (at most {max_new_tokens} per rollout)"
+        from longshort.thoughts.importance import describe_plan
+        from longshort.thoughts.importance import pilot as run_pilot
+
+        if pilot:
+            counter = _engine(model, engine, base_url)
+            pl = run_pilot(todo, counter, cfg, prefixes=pilot)
+            p = plan(todo, counter, cfg, tokens_per_rollout=pl["tokens_per_rollout"])
+            counter.close()
+        else:
+            counter = _TokenizerOnly(model) if engine in ("transformers", "hf") else _engine(model, engine, base_url)
+            p = plan(todo, counter, cfg)
+        typer.echo(f"dry run ({len(records) - len(todo)} already done): " + describe_plan(p, cfg)
                    + (f"; {p['truncated_traces']} trace(s) exceed the context and will be truncated"
                       if p["truncated_traces"] else ""))
         return
     if not todo:
         typer.echo(f"nothing to do: all {len(records)} trace(s) already in {out}")
         return
+    from longshort.thoughts.importance import describe_actual, describe_plan
+
     eng = _engine(model, engine, base_url)
+    cost = plan(todo, eng, cfg)
+    typer.echo("plan: " + describe_plan(cost, cfg), err=True)
     flags: Counter[str] = Counter()
     n = rolls = toks = 0
     with ResumableWriter(out, resume=resume, expect=SCORE_FIELDS, skip_bad=skip_bad) as w:
@@ -258,6 +272,7 @@ def score(
             flags.update(rec["flags"])
     eng.close()
     typer.echo(f"scored {n} trace(s): {rolls} rollouts, {toks} generated tokens -> {out}")
+    typer.echo(describe_actual(cost, toks))
     if flags:
         typer.echo("flags: " + ", ".join(f"{k}={v}" for k, v in flags.most_common()))
 

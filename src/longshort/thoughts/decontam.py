@@ -64,7 +64,7 @@ def _squash(norm: str) -> str:
 class EvalIndex:
     """Normalised evaluation problems, for exact and n-gram lookup."""
 
-    def __init__(self, sets: Mapping[str, Iterable[dict[str, Any]]], ngram: int | None = 8,
+    def __init__(self, sets: Mapping[str, Iterable[dict[str, Any] | str]], ngram: int | None = 8,
                  overlap: float = 0.7):
         self.ngram = ngram
         self.overlap = overlap
@@ -76,6 +76,8 @@ class EvalIndex:
             count = 0
             for r in records:
                 count += 1
+                if isinstance(r, str):  # a bare problem text
+                    r = {"id": count, "problem": r}
                 norm = normalize_problem(str(r.get("problem", "")))
                 if not norm:
                     continue
@@ -117,10 +119,14 @@ def load_eval_index(names: Sequence[str] = DEFAULT_EVAL_SETS, *, data_dir: str |
                      overlap=overlap)
 
 
-def decontaminate(records: Sequence[dict[str, Any]], index: EvalIndex
+def decontaminate(records: Sequence[dict[str, Any]],
+                  index: EvalIndex | Mapping[str, Iterable[dict[str, Any] | str]]
                   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Records whose problem matches no evaluation problem, and a report:
+    """Records whose problem matches no evaluation problem, and a report. `index`: an EvalIndex,
+    or `{set name: [problem records or problem texts]}` (indexed with the defaults). Report:
     `{checked, dropped, by_benchmark: {name: n}, dropped_ids: [...], matches: {id: "bench:id"}}`."""
+    if not isinstance(index, EvalIndex):
+        index = EvalIndex(index)
     kept: list[dict[str, Any]] = []
     by: Counter[str] = Counter()
     matches: dict[str, str] = {}
