@@ -154,8 +154,8 @@ def test_forced_on_real_tiny_model(tiny):
     assert all(0.0 < a < 1.0 for a in accs)
     # the same numbers as full re-encoding of every prefix
     texts = [t["text"] for t in rec["thoughts"]]
-    from longshort.thoughts.importance import _messages
     from longshort.engines.base import GenerationRequest
+    from longshort.thoughts.importance import _messages
 
     prompt = tiny.render(GenerationRequest(messages=_messages(rec["problem"]), assistant_prefix="<think>\n"))
     segs = [("\n\n" if k else "") + t for k, t in enumerate(texts)]
@@ -178,3 +178,31 @@ def test_forced_on_embedded_smollm2_sees_the_answer():
     # the question alone barely predicts the answer; after the last computation the model copies it
     assert out["importance"]["acc0"] < 0.2 and comps[-1]["acc"] > 2 * out["importance"]["acc0"]
     assert comps[-1]["e"] > 0
+
+
+def test_cli_score_forced(tmp_path, capsys):
+    from longshort.cli import main as _main
+
+    def main(argv):
+        try:
+            return _main(argv)
+        except SystemExit as exc:  # click exits the process on success
+            return int(exc.code or 0)
+
+    synth, chunks, scored = (tmp_path / n for n in ("s.jsonl", "c.jsonl", "sc.jsonl"))
+    assert main(["synth", "--n", "2", "--seed", "4", "--num-ops", "1", "--fixed-ops", "--redundancy", "1",
+                 "--out", str(synth)]) == 0
+    assert main(["chunk", "--input", str(synth), "--out", str(chunks), "--method", "gold"]) == 0
+    # an engine that cannot give probabilities is refused before any model loads
+    assert main(["score", "--input", str(chunks), "--out", str(scored), "--estimator", "forced",
+                 "--engine", "openai", "--base-url", "http://127.0.0.1:9"]) != 0
+    assert "--estimator forced" in capsys.readouterr().err and not scored.exists()
+    assert main(["score", "--input", str(chunks), "--out", str(scored), "--estimator", "nope"]) != 0
+    assert main(["score", "--input", str(chunks), "--out", str(scored), "--model", "tiny-random",
+                 "--estimator", "forced"]) == 0
+    assert "(forced, tiny-random): 0 rollouts" in capsys.readouterr().out
+    import json
+
+    rows = [json.loads(line) for line in scored.read_text().splitlines()]
+    assert len(rows) == 2 and all(r["importance"]["estimator"] == "forced" for r in rows)
+    assert all(r["importance"]["model"] == "tiny-random" and r["thoughts"][0]["bound"] is None for r in rows)

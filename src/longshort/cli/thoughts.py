@@ -195,6 +195,9 @@ def score(
     model: str = typer.Option("smollm2-135m", help=MODEL_HELP),
     engine: str = typer.Option("transformers", help="transformers | openai | vllm."),
     base_url: str | None = typer.Option(None, help="OpenAI-compatible server URL for --engine openai."),
+    estimator: str = typer.Option("rollout", help="How acc_i is measured: rollout (sample continuations and "
+                                  "grade them, the paper's) | forced (the model's probability of the gold answer "
+                                  "after each prefix, no sampling; transformers engine only)."),
     rollouts: int = typer.Option(5, min=1, help="Continuations per prefix (R)."),
     delta: float = typer.Option(0.25, help="Length decay base δ."),
     alpha: float = typer.Option(0.05, help="Confidence level of the Hoeffding bound."),
@@ -212,20 +215,24 @@ def score(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and count) bad records instead of stopping."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip ids already in --out."),
 ) -> None:
-    """Monte Carlo importance of every thought (rollouts after each thought, graded)."""
+    """Importance of every thought: accuracy gained by it (rollout: graded continuations; forced: the
+    probability of the gold answer), times the length decay."""
     from pydantic import ValidationError
 
     from longshort.thoughts.importance import METRICS, ImportanceConfig, iter_score, plan
 
     existing = _check_out(input, out, SCORE_FIELDS, skip_bad)
     try:
-        cfg = ImportanceConfig(rollouts=rollouts, delta=delta, alpha=alpha, metric=metric,
+        cfg = ImportanceConfig(estimator=estimator, rollouts=rollouts, delta=delta, alpha=alpha, metric=metric,
                                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                seed=seed, max_context=max_context)
     except ValidationError as exc:
         raise LongshortError(f"bad option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
     if metric not in METRICS:
         raise LongshortError(f"unknown --metric {metric!r}; known: {', '.join(sorted(METRICS))}")
+    if estimator == "forced" and engine not in ("transformers", "hf"):
+        raise LongshortError(f"--estimator forced reads the model's probabilities, which --engine {engine} cannot "
+                             "give; use --engine transformers or --estimator rollout")
     stats = ReadStats()
     records = _read_scoring_input(input, skip_bad, stats)
     _skipped_note(stats)
@@ -271,7 +278,7 @@ def score(
             toks += rec["importance"]["generated_tokens"]
             flags.update(rec["flags"])
     eng.close()
-    typer.echo(f"scored {n} trace(s): {rolls} rollouts, {toks} generated tokens -> {out}")
+    typer.echo(f"scored {n} trace(s) ({estimator}, {model}): {rolls} rollouts, {toks} generated tokens -> {out}")
     typer.echo(describe_actual(cost, toks))
     if flags:
         typer.echo("flags: " + ", ".join(f"{k}={v}" for k, v in flags.most_common()))
