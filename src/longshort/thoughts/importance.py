@@ -401,9 +401,9 @@ def grade_rollout(continuation: str, finish_reason: str, answer: str, choices: A
     there is no last-number fallback (a number in the text is not an answer).
 
     >>> from longshort.evaluation.grading import grade
-    >>> grade_rollout("so 7 + 5 = 12. \\boxed{12}", "stop", "12", None, grade)
+    >>> grade_rollout("so 7 + 5 = 12. \\\\boxed{12}", "stop", "12", None, grade)
     (True, True)
-    >>> grade_rollout("so 7 + 5 = 12", "stop", "12", None, grade), grade_rollout("\\boxed{12} and", "length", "12", None, grade)
+    >>> grade_rollout("so 7 + 5 = 12", "stop", "12", None, grade), grade_rollout("\\\\boxed{12} and", "length", "12", None, grade)
     ((False, False), (False, False))
     """
     from longshort.dialogue.protocol import extract_boxed
