@@ -228,3 +228,28 @@ def test_shifted_golds_are_rejected(shared_dir):
                 if grade(r["solution"], recs[i + 1]["answer"])]
     assert all(grade(rf"\boxed{{{a}}}", b) for a, b in accepted)
     assert len(accepted) <= 3
+
+
+def test_pathological_answers_stay_within_the_deadline():
+    """10,000 nested (unclosed or closed) boxes: extraction is linear and nothing runs outside
+    the deadline (issue 11: 51 s despite a 5 s timeout)."""
+    import time
+
+    from longshort.evaluation.grading import extract_boxed, grade_detail
+
+    grade_detail("\\boxed{1}", "1")  # warm-up (imports) outside the measurement
+    for text in ("\\boxed{" * 10_000 + "x", "\\boxed{" * 10_000 + "1" + "}" * 10_000, "{" * 100_000):
+        t0 = time.monotonic()
+        res = grade_detail(text, "1", timeout=2.0)
+        assert time.monotonic() - t0 < 2.0 + 1.0, res  # the deadline plus a margin for a busy machine
+    assert extract_boxed("\\boxed{" * 3 + "7" + "}" * 3) == "7"
+    assert extract_boxed("\\boxed{a} then \\boxed{b {c}} and \\boxed{") == "b {c}"
+
+
+def test_gold_choice_names_a_letter_or_none():
+    from longshort.evaluation.grading import gold_choice
+
+    assert gold_choice("B", ["x", "y"]) == "B"
+    assert gold_choice("y", ["x", "y"]) == "B"
+    assert gold_choice("Z", ["x", "y"]) is None
+    assert gold_choice("C", ["x", "y"]) is None

@@ -228,6 +228,29 @@ def check_answer(value: Any, *, path: str | None = None, line: int | None = None
     return text
 
 
+def check_problem_fields(rec: dict[str, Any], *, path: str | None = None, line: int | None = None,
+                         answer_required: bool = False) -> dict[str, Any]:
+    """The fields of a problem record (solve, rl): `problem` a string (not too long), `answer` a
+    string or a finite number (required or optional), `choices` 2-10 non-empty strings, `id` a
+    string or an integer. Normalises `problem`/`answer` in place; `InputError` naming the field."""
+    if rec.get("problem") is None:
+        raise InputError("missing", path=path, line=line, field="problem")
+    rec["problem"] = check_text(rec["problem"], path=path, line=line, field="problem")
+    if rec.get("answer") is not None:
+        rec["answer"] = check_answer(rec["answer"], path=path, line=line)
+    elif answer_required:
+        raise InputError("missing", path=path, line=line, field="answer")
+    ch = rec.get("choices")
+    if ch is not None and not (isinstance(ch, list) and 2 <= len(ch) <= 10
+                               and all(isinstance(c, str) and c.strip() for c in ch)):
+        raise InputError("expected a list of 2-10 non-empty strings", path=path, line=line, field="choices")
+    rid = rec.get("id")
+    if rid is not None and (isinstance(rid, bool) or not isinstance(rid, str | int) or not str(rid).strip()):
+        raise InputError(f"expected a non-empty string or an integer, got {_json_type(rid)}", path=path,
+                         line=line, field="id")
+    return rec
+
+
 def _json_type(value: Any) -> str:
     return {dict: "an object", list: "a list", bool: "a boolean", type(None): "null", str: "a string",
             int: "a number", float: "a number"}.get(type(value), type(value).__name__)
@@ -472,6 +495,9 @@ def scan_output(path: str | os.PathLike, *, expect: Iterable[str] = (), skip_bad
         else:
             take(last, lineno)  # raises (or, with skip_bad, leaves it: we then add a newline)
             scan.needs_newline = True
+    if scan.skipped and not scan.records:
+        raise InputError(f"holds no records of this command's output ({len(scan.skipped)} bad line(s)); "
+                         f"refusing to append to {option} (choose another path)", path=str(p))
     return scan
 
 

@@ -69,8 +69,12 @@ def eval_command(
         err = exc.errors()[0]
         raise InputError(f"{err['msg']}", field=".".join(str(x) for x in err["loc"])) from None
     from longshort.io import check_output_dir
+    from longshort.models import spec_problem
 
     check_output_dir(out)
+    for spec, name in ((cfg.long_model, "--long"), (cfg.short_model, "--short")):
+        if cfg.engine in ("transformers", "hf") and spec_problem(spec):
+            raise InputError(spec_problem(spec), field=name)
     m = run_eval(cfg, out, resume=resume, progress=progress,
                  command="longshort " + " ".join(sys.argv[1:]) if sys.argv else None)
     p1 = m["pass_at_1"]
@@ -103,9 +107,7 @@ def compare_command(
         plot_accuracy_vs_tokens,
     )
     from longshort.harness import load_run_metrics
-    from longshort.io import write_text_atomic
-
-    from longshort.io import check_output_file
+    from longshort.io import check_output_file, write_text_atomic
 
     if plot is not None:
         check_output_file(plot, option="--plot")

@@ -63,29 +63,19 @@ def _load_problems(file: Path, skip_bad: bool) -> list[dict[str, Any]]:
             continue
         records.append(rec)
         lines.append(line)
-    if stats.skipped:
-        typer.echo(f"skipped {stats.skipped} bad line(s) in {file} (--skip-bad); first: {stats.reasons[0]}",
-                   err=True)
     if not records:
         raise InputError("no records" if not stats.skipped else "no records left after skipping bad ones",
                          path=str(file))
+    if stats.skipped:
+        typer.echo(f"skipped {stats.skipped} bad line(s) in {file} (--skip-bad); first: {stats.reasons[0]}",
+                   err=True)
     return ensure_ids(records, prefix=f"{file.stem}-", path=str(file), lines=lines)
 
 
 def _check_problem_record(rec: dict[str, Any], path: str, line: int) -> None:
-    """The fields `solve` uses: `problem` (a string, not too long), `answer` (optional: a string
-    or a finite number), `choices` (optional: 2-10 strings)."""
-    from longshort.io import check_answer, check_text
+    from longshort.io import check_problem_fields
 
-    if "problem" not in rec or rec["problem"] is None:
-        raise InputError("missing", path=path, line=line, field="problem")
-    rec["problem"] = check_text(rec["problem"], path=path, line=line, field="problem")
-    if rec.get("answer") is not None:
-        rec["answer"] = check_answer(rec["answer"], path=path, line=line)
-    ch = rec.get("choices")
-    if ch is not None and not (isinstance(ch, list) and 2 <= len(ch) <= 10
-                               and all(isinstance(c, str) and c.strip() for c in ch)):
-        raise InputError("expected a list of 2-10 non-empty strings", path=path, line=line, field="choices")
+    check_problem_fields(rec, path=path, line=line)
 
 
 def _make_engines(long: str, short: str, engine: str, base_url: str | None):
@@ -195,9 +185,13 @@ def solve(
         problems = [{"id": f"cli-{digest}", "problem": problem.strip()}]
     if out is not None:
         _check_out_file(out, file, skip_bad)
+    from longshort.models import spec_problem
+
     for spec, name in ((long, "--long"), (short, "--short")):
         if not spec.strip():
             raise LongshortError(f"{name}: empty model spec")
+        if engine in ("transformers", "hf") and spec_problem(spec):
+            raise InputError(spec_problem(spec), field=name)
 
     # 2. Resume: ids already written are skipped.
     from longshort.io import ResumableWriter

@@ -78,6 +78,8 @@ def chunk(
     _check_out(input, out, CHUNK_FIELDS, skip_bad)
     stats = ReadStats()
     records = load_traces(input, skip_bad=skip_bad, stats=stats)
+    if not records:
+        raise InputError(f"no records left after skipping {stats.skipped} bad one(s)", path=str(input))
     if method == "gold":
         for k, r in enumerate(records, start=1):
             if not r.get("gold_thoughts"):
@@ -182,8 +184,9 @@ def _read_scoring_input(path: Path, skip_bad: bool, stats: ReadStats) -> list[di
             continue
         seen.add(r["id"])
         out.append(r)
-    if not out and not stats.skipped:
-        raise InputError("no records", path=str(path))
+    if not out:
+        raise InputError("no records" if not stats.skipped else
+                         f"no records left after skipping {stats.skipped} bad one(s)", path=str(path))
     return out
 
 
@@ -354,9 +357,14 @@ def coldstart(
     check_output_dir(out)
     stats = ReadStats()
     records = []
+    seen: dict[str, int] = {}
     for k, rec in iter_jsonl_numbered(input, skip_bad=skip_bad, stats=stats):
         try:
             _check_scored_record(rec, str(input), k)
+            if str(rec["id"]) in seen:
+                raise InputError(f"duplicate id {str(rec['id'])!r} (first on line {seen[str(rec['id'])]})",
+                                 path=str(input), line=k, field="id")
+            seen[str(rec["id"])] = k
         except InputError as problem:
             if not skip_bad:
                 raise

@@ -68,10 +68,42 @@ def _check_paths(data: Path, out: Path) -> None:
     check_output_dir(out)
 
 
+def _check_problems(data: Path, skip_bad: bool) -> None:
+    """The RL problems' fields and types (problem text, answer, ids), before any model loads."""
+    from longshort.io import ReadStats, check_problem_fields, iter_jsonl_numbered
+
+    stats = ReadStats()
+    seen: dict[str, int] = {}
+    good = 0
+    for line, rec in iter_jsonl_numbered(data, skip_bad=skip_bad, stats=stats):
+        try:
+            check_problem_fields(rec, path=str(data), line=line, answer_required=True)
+            if rec.get("id") is not None:
+                rid = str(rec["id"]).strip()
+                if rid in seen:
+                    raise InputError(f"duplicate id {rid!r} (first on line {seen[rid]})", path=str(data),
+                                     line=line, field="id")
+                seen[rid] = line
+        except InputError:
+            if not skip_bad:
+                raise
+            stats.skipped += 1
+            continue
+        good += 1
+    if not good:
+        raise InputError("no records" if not stats.skipped else "no records left after skipping bad ones",
+                         path=str(data))
+
+
 def _build(cls, file_values: dict[str, Any], options: dict[str, Any]):
     from pydantic import ValidationError
 
     values = {**file_values, **{k: v for k, v in options.items() if v is not None}}
+    known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
+    unknown = sorted(str(k) for k in file_values if k not in known)
+    if unknown:  # a misspelt field would otherwise be dropped silently
+        raise InputError(f"unknown config field {unknown[0]!r}; accepted: {', '.join(sorted(cls.model_fields))}",
+                         field=unknown[0])
     try:
         return cls(**values)
     except ValidationError as exc:
@@ -153,6 +185,7 @@ def rl(
     from longshort.training.rl import RLRunConfig, run_rl
 
     _check_paths(data, out)
+    _check_problems(data, skip_bad)
     file_values = _file_config(config)
     dialogue = dict(file_values.pop("dialogue", {}) or {})
     dialogue.update({k: v for k, v in dict(max_turns=max_turns, max_new_tokens_long=max_new_tokens_long,

@@ -82,6 +82,8 @@ def normalize_trace(rec: dict[str, Any], *, path: str | None = None, line: int |
     if "choices" in out and out["choices"] is not None and not isinstance(out["choices"], (list, dict)):
         raise err("expected a list of choices", "choices")
     rid = out.get("id")
+    if rid is not None and (isinstance(rid, bool) or not isinstance(rid, str | int)):
+        raise err(f"expected a string or an integer, got {type(rid).__name__}", "id")
     out["id"] = str(rid) if rid is not None and str(rid).strip() else f"{id_prefix}{index}"
     if mapped:
         out["source_fields"] = mapped
