@@ -6,8 +6,13 @@ and settings, once with request batching and once with batching off (max batch 1
 Prints requests/s, p50/p95 latency and errors (must be 0) side by side, with ratios.
 With `--base-url` it measures an already running server instead (one column).
 
+`--fairness` measures the other claim: the latency of a short request (4 tokens) sent while a
+long one (`--long-tokens`, default 1024) generates, with the express lane on and off (one
+generation thread) side by side. Target (issue 11): under 2 s on the tiny model with the lane.
+
     .venv/bin/python benchmarks/serve_load.py                       # tiny-random pair, ~1 min
     .venv/bin/python benchmarks/serve_load.py --long smollm2-135m --short smollm2-135m --duration 60
+    .venv/bin/python benchmarks/serve_load.py --fairness            # short-while-long latency
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ QUESTIONS = [
 
 
 def start_server(long: str, short: str, *, max_batch: int, max_wait_ms: float, max_new_tokens: int,
-                 max_turns: int):
+                 max_turns: int, **serve_options):
     """Run the app with uvicorn in a daemon thread on a loopback port; returns (base_url, stop)."""
     import uvicorn
 
@@ -43,7 +48,7 @@ def start_server(long: str, short: str, *, max_batch: int, max_wait_ms: float, m
     collab = CollabConfig(max_turns=max_turns, max_new_tokens_long=max_new_tokens,
                           max_new_tokens_short=max_new_tokens, temperature=0.0)
     app = create_app(long_engine, short_engine,
-                     ServeConfig(max_batch_size=max_batch, max_wait_ms=max_wait_ms, collab=collab))
+                     ServeConfig(max_batch_size=max_batch, max_wait_ms=max_wait_ms, collab=collab, **serve_options))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -113,6 +118,65 @@ def _mean_batch(health: dict) -> float:
     return b.get("requests", 0) / b["batches"] if b.get("batches") else float("nan")
 
 
+def fairness(base_url: str, long_tokens: int, shorts: int) -> dict:
+    """Latency of `shorts` 4-token requests sent one after another while one long request runs."""
+    import threading
+
+    out: dict = {}
+
+    def long_request() -> None:
+        t0 = time.perf_counter()
+        r = httpx.post(f"{base_url}/completions", json={"model": "long", "prompt": "Once upon a time",
+                                                        "max_tokens": long_tokens, "temperature": 0}, timeout=3600)
+        out["long_s"] = time.perf_counter() - t0
+        out["long_status"] = r.status_code
+        out["long_tokens"] = r.json().get("usage", {}).get("completion_tokens") if r.status_code == 200 else None
+
+    thread = threading.Thread(target=long_request, daemon=True)
+    thread.start()
+    health = base_url.rsplit("/v1", 1)[0] + "/health"
+    while not httpx.get(health, timeout=30).json()["busy"]:
+        time.sleep(0.05)
+    latencies, errors = [], 0
+    for k in range(shorts):
+        if not thread.is_alive():
+            break
+        t0 = time.perf_counter()
+        r = httpx.post(f"{base_url}/completions", json={"model": "long", "prompt": f"{k} + 1 =", "max_tokens": 4,
+                                                        "temperature": 0}, timeout=3600)
+        latencies.append(time.perf_counter() - t0)
+        errors += r.status_code != 200
+    thread.join()
+    out.update(short_n=len(latencies), short_p50=statistics.median(latencies) if latencies else float("nan"),
+               short_max=max(latencies) if latencies else float("nan"), errors=errors + (out["long_status"] != 200))
+    return out
+
+
+def main_fairness(args) -> int:
+    results = {}
+    for label, express in (("express lane", 256), ("one thread", 0)):
+        url, stop = start_server(args.long, args.short, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                                 max_new_tokens=args.max_new_tokens, max_turns=args.max_turns,
+                                 express_max_tokens=express)
+        try:
+            results[label] = fairness(url, args.long_tokens, args.shorts)
+        finally:
+            stop()
+    cols = list(results)
+    print(f"serve_load --fairness: a {args.long_tokens}-token request runs while up to {args.shorts} "
+          f"4-token requests are sent one by one; model long={args.long}")
+    print(f"{'metric':<22}" + "".join(f"{c:>14}" for c in cols) + "  ratio")
+    for name, key in (("short p50 latency s", "short_p50"), ("short max latency s", "short_max"),
+                      ("shorts answered", "short_n"), ("long request s", "long_s"),
+                      ("long tokens", "long_tokens"), ("errors", "errors")):
+        vals = [results[c][key] for c in cols]
+        line = f"{name:<22}" + "".join(f"{v:>14.2f}" if isinstance(v, float) else f"{v!s:>14}" for v in vals)
+        if all(isinstance(v, (int, float)) and v for v in vals):
+            line += f"  {vals[0] / vals[1]:.2f}x"
+        print(line)
+    return 1 if any(results[c]["errors"] for c in cols) else 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--long", default="tiny-random")
@@ -124,7 +188,12 @@ def main() -> int:
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--max-wait-ms", type=float, default=20.0)
     ap.add_argument("--base-url", default=None, help="measure this running server (…/v1) instead")
+    ap.add_argument("--fairness", action="store_true", help="short-request latency while a long one runs")
+    ap.add_argument("--long-tokens", type=int, default=1024, help="--fairness: tokens of the long request")
+    ap.add_argument("--shorts", type=int, default=5, help="--fairness: short requests sent during it")
     args = ap.parse_args()
+    if args.fairness:
+        return main_fairness(args)
     if args.base_url and not args.base_url.startswith(("http://127.0.0.1", "http://localhost")):
         print("error: --base-url must be a loopback address (127.0.0.1/localhost)", file=sys.stderr)
         return 2
@@ -134,8 +203,10 @@ def main() -> int:
         results["server"] = asyncio.run(load(args.base_url, args.clients, args.duration, None))
     else:
         for label, max_batch in (("batched", args.max_batch), ("unbatched", 1)):
+            # one generation thread in both columns (no express lane), so the ratio is batching alone
             url, stop = start_server(args.long, args.short, max_batch=max_batch, max_wait_ms=args.max_wait_ms,
-                                     max_new_tokens=args.max_new_tokens, max_turns=args.max_turns)
+                                     max_new_tokens=args.max_new_tokens, max_turns=args.max_turns,
+                                     express_max_tokens=0)
             try:
                 asyncio.run(load(url, 1, 2.0, None))  # warm-up (first-call overheads)
                 results[label] = asyncio.run(load(url, args.clients, args.duration, None))

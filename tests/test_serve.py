@@ -60,9 +60,9 @@ def base(engine):
     sock.close()
 
 
-def chat(base: str, question: str, **kw) -> httpx.Response:
+def chat(base: str, question: str, headers: dict | None = None, **kw) -> httpx.Response:
     body = {"model": "longshort", "messages": [{"role": "user", "content": question}], **kw}
-    return httpx.post(f"{base}/v1/chat/completions", json=body, timeout=120)
+    return httpx.post(f"{base}/v1/chat/completions", json=body, timeout=120, headers=headers)
 
 
 def test_health_and_models(base):
@@ -248,17 +248,18 @@ def _cli(*args: str) -> list[str]:
 
 
 def test_cli_serve_and_solve_with_openai_engine(tmp_path):
-    """`longshort serve` as a user starts it; `longshort solve --engine openai` talks to it."""
+    """`longshort serve` as a user starts it (API key from LONGSHORT_API_KEY); `longshort solve
+    --engine openai` talks to it with the key (from OPENAI_API_KEY, as OpenAI clients read it)."""
     sock = _free_socket()
     port = sock.getsockname()[1]
     sock.close()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "LONGSHORT_API_KEY": "k-123", "OPENAI_API_KEY": "k-123"}
     proc = subprocess.Popen(_cli("serve", "--long", "tiny-random", "--short", "tiny-random", "--port", str(port),
                                  "--max-new-tokens", "8", "--max-turns", "2", "--log-level", "warning"),
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
+        deadline = time.time() + 600  # a deadline, not a speed target: a loaded machine imports torch slowly
         while True:
             assert proc.poll() is None, proc.stdout.read()
             try:
@@ -268,7 +269,8 @@ def test_cli_serve_and_solve_with_openai_engine(tmp_path):
                 pass
             assert time.time() < deadline, "longshort serve did not come up"
             time.sleep(0.3)
-        r = chat(base, "What is 5 + 5?")
+        assert chat(base, "What is 5 + 5?").status_code == 401
+        r = chat(base, "What is 5 + 5?", headers={"Authorization": "Bearer k-123"})
         assert r.status_code == 200 and all(t["tokens"] <= 8 for t in r.json()["longshort"]["turns"])
         out = tmp_path / "t.jsonl"
         solve = subprocess.run(_cli("solve", "What is 5 + 5?", "--engine", "openai", "--base-url", f"{base}/v1",

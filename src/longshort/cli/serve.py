@@ -1,4 +1,8 @@
-"""CLI command `longshort serve`: the OpenAI-compatible server over the pair (see docs/serving.md)."""
+"""CLI command `longshort serve`: the OpenAI-compatible server over the pair (see docs/serving.md).
+
+Server options left unset mean `ServeConfig`'s default (its field descriptions are the help
+texts), and solver options left unset mean `CollabConfig`'s: each default lives in one place.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +12,34 @@ from longshort.cli.app import app
 from longshort.errors import LongshortError
 
 
+def _help(name: str) -> str:
+    from longshort.serve.config import ServeConfig
+
+    field = ServeConfig.model_fields[name]
+    default = field.default if field.default_factory is None else field.default_factory()
+    return f"{field.description} (default: {default})"
+
+
 @app.command()
 def serve(
     long: str = typer.Option("smollm2-135m", "--long", help="long-thought model spec"),
     short: str = typer.Option("smollm2-135m", "--short", help="short-thought model spec"),
-    host: str = typer.Option("127.0.0.1", help="address to bind; loopback by default (no auth here)"),
+    host: str = typer.Option("127.0.0.1", help="address to bind; loopback by default"),
     port: int = typer.Option(8000, help="TCP port"),
     engine: str = typer.Option("transformers", help="generation engine: transformers, vllm, openai"),
     base_url: str = typer.Option(None, "--base-url", help="upstream server for --engine openai"),
-    model_name: str = typer.Option("longshort", help="name clients use for the pair"),
-    max_batch_size: int = typer.Option(16, help="most requests solved in one batch"),
-    max_wait_ms: float = typer.Option(20.0, help="wait for more requests before a batch (ms)"),
-    max_tokens_limit: int = typer.Option(4096, help="largest max_tokens a request may ask for"),
+    api_key: str = typer.Option(None, "--api-key", envvar="LONGSHORT_API_KEY", show_envvar=True,
+                                help="require 'Authorization: Bearer <key>' on every endpoint but /health "
+                                     "(as `vllm serve --api-key`); needed beyond loopback"),
+    model_name: str = typer.Option(None, help=_help("model_name")),
+    max_batch_size: int = typer.Option(None, help=_help("max_batch_size")),
+    max_wait_ms: float = typer.Option(None, help=_help("max_wait_ms")),
+    max_tokens_limit: int = typer.Option(None, help=_help("max_tokens_limit")),
+    max_request_tokens: int = typer.Option(None, help=_help("max_request_tokens")),
+    express_max_tokens: int = typer.Option(None, help=_help("express_max_tokens")),
+    max_body_bytes: int = typer.Option(None, help=_help("max_body_bytes")),
+    allowed_host: list[str] = typer.Option(None, "--allowed-host", help=_help("allowed_hosts") + " (repeatable)"),
+    cors_origin: list[str] = typer.Option(None, "--cors-origin", help=_help("cors_origins") + " (repeatable)"),
     max_turns: int = typer.Option(None, help="long turns per dialogue (solver default if unset)"),
     max_new_tokens: int = typer.Option(None, help="per-turn token limit for both roles (solver default if unset)"),
     temperature: float = typer.Option(None, help="default sampling temperature (solver default if unset)"),
@@ -30,9 +50,8 @@ def serve(
     from pydantic import ValidationError
 
     from longshort.dialogue.collab import CollabConfig
-    from longshort.engines import make_engine
-    from longshort.serve import ServeConfig
-    from longshort.serve import serve as run_server
+    from longshort.serve.config import ServeConfig
+    from longshort.serve.security import is_loopback
 
     if not 0 < port < 65536:
         raise LongshortError(f"--port {port}: must be between 1 and 65535")
@@ -46,19 +65,26 @@ def serve(
         collab_update["temperature"] = temperature
     if seed is not None:
         collab_update["seed"] = seed
+    options = {"model_name": model_name, "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms,
+               "max_tokens_limit": max_tokens_limit, "max_request_tokens": max_request_tokens,
+               "express_max_tokens": express_max_tokens, "max_body_bytes": max_body_bytes,
+               "api_key": api_key or None, "allowed_hosts": allowed_host or None, "cors_origins": cors_origin}
     try:
         collab = CollabConfig(**collab_update)
-        config = ServeConfig(model_name=model_name, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-                             max_tokens_limit=max_tokens_limit, collab=collab)
+        config = ServeConfig(collab=collab, **{k: v for k, v in options.items() if v is not None})
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
         raise LongshortError(f"invalid option {loc}: {first['msg']}") from None
+
+    from longshort.engines import make_engine
+    from longshort.serve import serve as run_server
+
     long_engine = make_engine(long, engine, base_url=base_url)
     short_engine = long_engine if (short == long) else make_engine(short, engine, base_url=base_url)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        typer.echo(f"warning: binding {host}: the server has no authentication; anyone who can reach "
-                   "this address can use the models", err=True)
-    typer.echo(f"serving {model_name!r} (long={long}, short={short}, engine={engine}) "
-               f"on http://{host}:{port}/v1", err=True)
+    if not is_loopback(host) and not config.api_key:
+        typer.echo(f"warning: binding {host} without --api-key (or LONGSHORT_API_KEY): anyone who can "
+                   "reach this address can use the models", err=True)
+    typer.echo(f"serving {config.model_name!r} (long={long}, short={short}, engine={engine}) "
+               f"on http://{host}:{port}/v1{' (API key required)' if config.api_key else ''}", err=True)
     run_server(long_engine, short_engine, config, host=host, port=port, log_level=log_level)

@@ -6,7 +6,7 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from longshort.engines.base import Engine
 from longshort.serve.config import ServeConfig
@@ -18,6 +18,7 @@ from longshort.serve.protocol import (
     TokenizeRequest,
     parse_body,
 )
+from longshort.serve.security import Guard, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,9 @@ def _handlers(request: Request) -> Handlers:
 
 
 async def _read(request: Request, schema):
-    return parse_body(await request.body(), schema, max_bytes=_handlers(request).config.max_body_bytes)
+    config = _handlers(request).config
+    return parse_body(await request.body(), schema, max_bytes=config.max_body_bytes,
+                      max_depth=config.max_json_depth)
 
 
 def create_app(long_engine: Engine, short_engine: Engine, config: ServeConfig | None = None) -> FastAPI:
@@ -47,6 +50,12 @@ def create_app(long_engine: Engine, short_engine: Engine, config: ServeConfig | 
     app.state.handlers = handlers
     app.state.batcher = handlers.batcher
     app.state.config = config
+    app.add_middleware(Guard, config=config)
+    if config.cors_origins:  # off unless asked for: outermost, so preflights are answered
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type"])
 
     @app.exception_handler(APIError)
     async def _api_error(_req: Request, exc: APIError):
@@ -72,6 +81,10 @@ def create_app(long_engine: Engine, short_engine: Engine, config: ServeConfig | 
     async def health(request: Request):
         return _handlers(request).health()
 
+    @app.get("/metrics")
+    async def metrics(request: Request):
+        return PlainTextResponse(_handlers(request).metrics(), media_type="text/plain; version=0.0.4")
+
     @app.get("/v1/models")
     async def models(request: Request):
         return _handlers(request).models()
@@ -93,8 +106,14 @@ def create_app(long_engine: Engine, short_engine: Engine, config: ServeConfig | 
 
 def serve(long_engine: Engine, short_engine: Engine, config: ServeConfig | None = None, *,
           host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    """Run the server with uvicorn until interrupted."""
+    """Run the server with uvicorn until interrupted.
+
+    On a loopback `host` only loopback Host names are served (unless `config.allowed_hosts`
+    says otherwise); on any other address an unset `allowed_hosts` means any name."""
     import uvicorn
 
+    config = config or ServeConfig()
+    if config.allowed_hosts is None and not is_loopback(host):
+        config = config.model_copy(update={"allowed_hosts": ["*"]})
     app = create_app(long_engine, short_engine, config)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -7,10 +7,13 @@ The routes in `serve.app` only read the body and call these methods.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
 
+from longshort.dialogue.collab import CollabConfig, turn_limit
+from longshort.dialogue.protocol import render_input
 from longshort.engines.base import Engine, GenerationRequest
 from longshort.serve import responses
 from longshort.serve.batcher import Batcher
@@ -22,11 +25,27 @@ from longshort.serve.protocol import (
     SamplingFields,
     TokenizeRequest,
 )
-from longshort.serve.sampling import pair_config, single_params
+from longshort.serve.sampling import dialogue_budget, pair_config, single_budget, single_params
 
 
 def _engine_name(engine: Engine) -> str:
     return f"{getattr(engine, 'name', 'engine')}:{getattr(engine, 'model_name', '') or '?'}"
+
+
+def model_context(engine: Engine) -> int | None:
+    """The engine's context length in tokens (`Engine.max_context`), None when unknown."""
+    ctx = getattr(engine, "max_context", None)  # absent on engines older than the property
+    return ctx if isinstance(ctx, int) and ctx > 0 else None
+
+
+def prompt_tokens(engine: Engine, gen: GenerationRequest) -> int:
+    """Tokens of the exact text the engine will read for `gen` (its chat template included)."""
+    render = getattr(engine, "render", None)
+    if render is not None:
+        text = render(gen)
+    else:  # no template known: the contents alone (a lower bound)
+        text = "\n".join(m["content"] for m in gen.messages or []) + (gen.prompt or "") + gen.assistant_prefix
+    return engine.count_tokens(text)
 
 
 class Handlers:
@@ -65,6 +84,41 @@ class Handlers:
             raise APIError(400, f"n={req.n} exceeds this server's limit of {self.config.max_n}",
                            param="n", code="n_too_large")
 
+    def check_budget(self, budget: int, what: str) -> None:
+        cap = self.config.request_token_cap()
+        if budget > cap:
+            raise APIError(400, f"this request may generate up to {budget} tokens ({what}), over this "
+                           f"server's limit of {cap} per request; lower max_tokens or n",
+                           param="max_tokens", code="request_too_large")
+
+    async def check_context(self, role: str, gen: GenerationRequest, new_tokens: int, *,
+                            explicit: bool, what: str) -> int | None:
+        """400 when the prompt plus `new_tokens` does not fit the `role` model's context.
+
+        Returns a smaller token limit when `new_tokens` was the server's default (not asked for
+        by the client) and only the default does not fit, else None."""
+        engine = self.batcher.engines[role]
+        ctx = model_context(engine)
+        if ctx is None:
+            return None
+        prompt = await asyncio.to_thread(prompt_tokens, engine, gen)
+        if prompt + new_tokens <= ctx:
+            return None
+        if not explicit and prompt < ctx:
+            return ctx - prompt
+        raise APIError(400, f"the {role} model's context is {ctx} tokens, but {what} takes {prompt} "
+                       f"tokens and up to {new_tokens} more are to be generated; shorten the input "
+                       "or lower max_tokens", param="messages", code="context_length_exceeded")
+
+    async def check_pair_fits(self, question: str, cfg: CollabConfig) -> None:
+        """The first exchange of the dialogue must fit each model's context: the long model reads
+        the question and writes a turn; the short model reads both and writes its turn."""
+        for role, new in (("long", turn_limit("long", cfg)),
+                          ("short", turn_limit("long", cfg) + turn_limit("short", cfg))):
+            messages, prefix = render_input(role, question, open_tag=cfg.force_open_tag)
+            await self.check_context(role, GenerationRequest(messages=messages, assistant_prefix=prefix), new,
+                                     explicit=True, what="the question with its role prompt")
+
     def check_size(self, texts: list[str], what: str) -> None:
         if len(texts) > self.config.max_messages:
             raise APIError(413, f"{len(texts)} {what} exceed the limit of {self.config.max_messages}",
@@ -76,8 +130,35 @@ class Handlers:
 
     # -- endpoints
     def health(self) -> dict[str, Any]:
+        """Liveness plus load: queue depth and busy state per generation lane, batching counters."""
+        lanes = {name: lane.state() for name, lane in self.batcher.lanes.items()}
         return {"status": "ok", "uptime_s": round(time.time() - self.started, 1),
-                "queued": self.batcher.pending(), "batching": self.batcher.stats.as_dict()}
+                "busy": self.batcher.busy(), "queued": self.batcher.pending(), "lanes": lanes,
+                "limits": {"max_request_tokens": self.config.request_token_cap(),
+                           "express_max_tokens": self.config.express_max_tokens if "express" in lanes else 0,
+                           "max_queue": self.config.max_queue},
+                "batching": self.batcher.stats.as_dict()}
+
+    def metrics(self) -> str:
+        """The same numbers in Prometheus' text format (GET /metrics)."""
+        stats = self.batcher.stats.as_dict()
+        lines = []
+        for name, kind, help_, value in (
+                ("requests_total", "counter", "requests run", stats["requests"]),
+                ("batches_total", "counter", "batches run", stats["batches"]),
+                ("errors_total", "counter", "requests answered with a generation error", stats["errors"]),
+                ("retried_alone_total", "counter", "requests retried alone after their batch failed",
+                 stats["retried_alone"])):
+            lines += [f"# HELP longshort_{name} {help_}", f"# TYPE longshort_{name} {kind}",
+                      f"longshort_{name} {value}"]
+        lanes = {name: lane.state() for name, lane in self.batcher.lanes.items()}
+        for key, kind, help_ in (("queued", "gauge", "requests waiting"),
+                                 ("running", "gauge", "requests generating"),
+                                 ("running_tokens", "gauge", "token budget of the requests generating"),
+                                 ("busy_seconds_total", "counter", "seconds spent generating")):
+            lines += [f"# HELP longshort_lane_{key} {help_}", f"# TYPE longshort_lane_{key} {kind}"]
+            lines += [f'longshort_lane_{key}{{lane="{name}"}} {st[key]}' for name, st in lanes.items()]
+        return "\n".join(lines) + "\n"
 
     def models(self) -> dict[str, Any]:
         data = []
@@ -111,9 +192,13 @@ class Handlers:
                            "several requests; they are batched)", param="n", code="n_unsupported")
         cfg = pair_config(self.config.collab, max_tokens=req.token_limit(), temperature=req.temperature,
                           top_p=req.top_p, seed=req.seed)
+        budget = dialogue_budget(cfg)
+        self.check_budget(budget, f"{cfg.max_turns} turns of each role at up to {cfg.max_new_tokens_long} "
+                          f"(long) and {cfg.max_new_tokens_short} (short) tokens")
+        await self.check_pair_fits(users[-1], cfg)
         key = ("pair", cfg.model_dump_json())
         rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        job = self.batcher.submit("pair", key, (users[-1], cfg))
+        job = self.batcher.submit("pair", key, (users[-1], cfg), budget)
         if req.stream:
             return responses.stream(responses.pair_chunks(rid, name, job))
         record, bsz = await job
@@ -136,7 +221,7 @@ class Handlers:
         if not msgs:
             raise APIError(400, "no messages before the assistant prefix", param="messages")
         gen = GenerationRequest(messages=msgs, assistant_prefix=prefix, params=self._params(req, role))
-        return await self._single(req, gen, role, chat=True)
+        return await self._single(req, gen, role, chat=True, what="the messages")
 
     async def completions(self, req: CompletionRequest):
         target = self.target(req.model)
@@ -147,15 +232,24 @@ class Handlers:
         if len(prompts) != 1:
             raise APIError(400, "send one prompt per request (requests are batched by the server)",
                            param="prompt")
+        if not prompts[0]:
+            raise APIError(400, "the prompt is empty: give the model some text to continue",
+                           param="prompt", code="empty_prompt")
         self.check_size(prompts, "prompt")
         self.check_tokens(req)
         gen = GenerationRequest(prompt=prompts[0], params=self._params(req, target))
-        return await self._single(req, gen, target, chat=False)
+        return await self._single(req, gen, target, chat=False, what="the prompt")
 
-    async def _single(self, req: SamplingFields, gen: GenerationRequest, role: str, *, chat: bool):
+    async def _single(self, req: SamplingFields, gen: GenerationRequest, role: str, *, chat: bool, what: str):
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         model = req.model or role
-        job = self.batcher.submit(role, (role, chat), gen)
+        p = gen.params
+        self.check_budget(single_budget(p), f"n={p.n} x max_tokens={p.max_new_tokens}")
+        shorter = await self.check_context(role, gen, p.max_new_tokens, explicit=req.token_limit() is not None,
+                                           what=what)
+        if shorter is not None:  # the server's default limit, cut to what the context leaves
+            p.max_new_tokens = shorter
+        job = self.batcher.submit(role, (role, chat), gen, single_budget(p))
         tokenizer = getattr(self.batcher.engines[role], "tokenizer", None)
         if req.stream:
             return responses.stream(responses.single_chunks(rid, model, job, chat))

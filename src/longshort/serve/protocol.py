@@ -105,7 +105,25 @@ class TokenizeRequest(BaseModel):
     add_special_tokens: bool = True
 
 
-def parse_body(body: bytes, schema: type[BaseModel], *, max_bytes: int) -> Any:
+def json_depth(data: Any, limit: int) -> int:
+    """Nesting depth of decoded JSON, counted without recursion, stopping past `limit`.
+
+    >>> json_depth({"a": [1, {"b": []}]}, 64), json_depth([[[[]]]], 2)
+    (4, 3)
+    """
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, (dict, list)):
+            continue
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def parse_body(body: bytes, schema: type[BaseModel], *, max_bytes: int, max_depth: int = 64) -> Any:
     """Decode a JSON object body and validate it against `schema`; APIError (413/400) if not."""
     if len(body) > max_bytes:
         raise APIError(413, f"request body of {len(body)} bytes exceeds the limit of {max_bytes}",
@@ -114,8 +132,12 @@ def parse_body(body: bytes, schema: type[BaseModel], *, max_bytes: int) -> Any:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:  # the C decoder's guard against a body nested thousands deep
+        raise APIError(400, "request body is nested too deeply", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    if json_depth(data, max_depth) > max_depth:
+        raise APIError(400, f"request body is nested deeper than {max_depth} levels", code="invalid_json")
     try:
         return schema.model_validate(data)
     except ValidationError as exc:

@@ -58,6 +58,24 @@ def single_params(base: CollabConfig, role: str, *, max_tokens: int | None, ceil
         stop=list(stop or []), n=n, seed=seed, logprobs=bool(logprobs))
 
 
+def dialogue_budget(cfg: CollabConfig) -> int:
+    """Most tokens one dialogue may generate: max_turns long turns and as many short ones.
+
+    >>> dialogue_budget(CollabConfig(max_turns=4, max_new_tokens_long=1024, max_new_tokens_short=512))
+    6144
+    """
+    return cfg.max_turns * (cfg.max_new_tokens_long + cfg.max_new_tokens_short)
+
+
+def single_budget(params: SamplingParams) -> int:
+    """Most tokens one single-model request may generate: n x max_tokens.
+
+    >>> single_budget(SamplingParams(n=8, max_new_tokens=4096))
+    32768
+    """
+    return params.n * params.max_new_tokens
+
+
 def answer_text(record: dict[str, Any]) -> str:
     """The reply content of a dialogue: its last turn without the protocol's tags.
 
