@@ -140,3 +140,46 @@ def test_a_failing_batch_is_retried_one_by_one(engine):
         result, batch_size = out
         assert batch_size == 3 and result.completions[0].text == text
     assert stats["retried_alone"] == 3 and stats["errors"] == 1 and stats["batches"] == 1
+
+
+def test_context_checks_before_queueing(engine):
+    """With a context the engine declares (here 96 tokens, over the same real weights), prompts
+    that cannot fit are refused with 400 before they reach a batch; a default limit is cut."""
+    from longshort.engines.hf import HFEngine
+    from longshort.serve.handlers import Handlers, model_context, prompt_tokens
+
+    class Small(HFEngine):
+        max_context = 96
+
+    small = Small.from_model(engine.model, engine.tokenizer)
+    handlers = Handlers(small, small, ServeConfig(express_max_tokens=0, collab=CollabConfig(
+        max_turns=2, max_new_tokens_long=8, max_new_tokens_short=8)))
+    assert model_context(small) == 96
+    gen = GenerationRequest(prompt="one two three " * 40, params=SamplingParams(max_new_tokens=4))
+    assert prompt_tokens(small, gen) > 96
+
+    async def check(g, new, explicit):
+        return await handlers.check_context("long", g, new, explicit=explicit, what="the prompt")
+
+    with pytest.raises(APIError) as info:
+        asyncio.run(check(gen, 4, True))
+    assert info.value.status == 400 and info.value.code == "context_length_exceeded"
+    fits = GenerationRequest(prompt="one two three", params=SamplingParams(max_new_tokens=200))
+    n = prompt_tokens(small, fits)
+    assert asyncio.run(check(fits, 200, False)) == 96 - n    # the server's default: cut to fit
+    with pytest.raises(APIError):
+        asyncio.run(check(fits, 200, True))                  # asked for by the client: refused
+    assert asyncio.run(check(fits, 96 - n, True)) is None
+    # the pair: the question with each role's prompt must leave room for the first exchange
+    from longshort.dialogue.protocol import render_input
+
+    cfg = handlers.config.collab
+    need = max(prompt_tokens(engine, GenerationRequest(messages=m, assistant_prefix=p))
+               for m, p in (render_input(r, "What is 1 + 1?", open_tag=True) for r in ("long", "short"))) + 16
+    fitted = type("Fitted", (HFEngine,), {"max_context": need}).from_model(engine.model, engine.tokenizer)
+    pair = Handlers(fitted, fitted, handlers.config)
+    asyncio.run(pair.check_pair_fits("What is 1 + 1?", cfg))  # fits exactly: no error
+    with pytest.raises(APIError) as info:
+        asyncio.run(pair.check_pair_fits("What is 1 + 1? Explain each step, then check the result twice "
+                                         "and once more in other words.", cfg))
+    assert info.value.code == "context_length_exceeded"
