@@ -8,9 +8,10 @@ Modules, one topic each:
 - `config`: `ServeConfig`, every setting with its default and why;
 - `protocol`: the OpenAI request schemas, `APIError` and reading a JSON body;
 - `sampling`: what a request's `max_tokens` / temperature / seed mean for the pair and for one model;
-- `batcher`: the queue, batching and the generation thread;
+- `batcher`: queues, batching, the generation lanes (main + express) and failure isolation;
 - `handlers`: `Handlers`, the endpoints' logic as methods (testable without HTTP);
 - `responses`: response bodies, stream chunks and Server-Sent Events;
+- `security`: the HTTP guard (Host check, API key, JSON media type, body size);
 - `app`: `create_app` (thin routes) and `serve` (uvicorn).
 """
 
