@@ -174,10 +174,12 @@ RLSettings = _template(RLRunConfig, RL_RUN_FIELDS, "RLSettings",
                        "starting models and seed, which the pipeline fills in).")
 
 
-def sft_run_config(config: PipelineConfig, *, role: str, data: str, model: str, out: str) -> SFTRunConfig:
-    """The SFT stage's own config for one model of this run."""
+def sft_run_config(config: PipelineConfig, *, role: str, data: str, model: str, out: str,
+                   baseline: bool = False) -> SFTRunConfig:
+    """The SFT stage's own config for one model of this run (`baseline`: the long-CoT baseline's)."""
+    settings = config.baseline_sft if baseline and config.baseline_sft is not None else config.sft
     return SFTRunConfig(role=role, data=data, model=model, out=out, resume=True, seed=config.seed,
-                        **config.sft.model_dump())
+                        **settings.model_dump())
 
 
 def rl_run_config(config: PipelineConfig, *, long: str, short: str, data: str, out: str) -> RLRunConfig:
@@ -202,6 +204,9 @@ class PipelineConfig(_Strict):
     coldstart: ColdStartConfig = Field(default_factory=ColdStartConfig,
                                        description="assigning thoughts to roles, building the SFT sets")
     sft: SFTSettings = Field(default_factory=SFTSettings, description="cold-start SFT (both roles)")
+    baseline_sft: SFTSettings | None = Field(None, description="SFT of the long-CoT baseline on the whole "
+                                             "traces; None = the `sft` section (set it when the pair starts "
+                                             "from the baseline and needs fewer epochs than the baseline)")
     rl: RLSettings = Field(default_factory=RLSettings, description="alternating multi-turn RL")
     eval: EvalStageConfig = Field(default_factory=EvalStageConfig, description="evaluation of the systems")
     quality: QualityConfig = Field(default_factory=QualityConfig, description="extra quality measurements")

@@ -27,7 +27,8 @@ def train_one(ctx: RunContext, name: str, role: str, data: Path, out: Path, *, s
 
     cfg = ctx.config
     ctx.log(f"SFT {name} on {data.name}")
-    run_cfg = sft_run_config(cfg, role=role, data=str(data), model=start or cfg.models.base, out=str(out))
+    run_cfg = sft_run_config(cfg, role=role, data=str(data), model=start or cfg.models.base, out=str(out),
+                             baseline=name == "baseline")
     if cfg.launch.accelerate_config is None:
         done = run_sft(run_cfg)
     else:

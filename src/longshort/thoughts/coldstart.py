@@ -268,8 +268,14 @@ _FILLER = re.compile(r"^(hmm+|wait|okay|ok|alright|oh|so,? let me|let me (think|
 
 
 def _is_droppable(t: dict[str, Any], cfg: ColdStartConfig) -> bool:
-    e = t.get("e")
-    return t.get("category") in cfg.drop_categories and (e is None or e <= 0)
+    """A re-check / alternative / hesitation that gained nothing: no accuracy gain, or (with a
+    `threshold`) a score below the cut that decides importance."""
+    if t.get("category") not in cfg.drop_categories:
+        return False
+    e, score = t.get("e"), t.get("score")
+    if e is None or e <= 0:
+        return True
+    return cfg.threshold is not None and (score is None or score < cfg.threshold)
 
 
 def extract_math(text: str) -> str:
