@@ -461,6 +461,14 @@ class DialogueRollout:
                 # tokens; a policy turn cut at its limit ends the completion with its own tokens, as an
                 # ordinary truncated completion does in TRL
                 self._append_env(d, tokenizer, render_transcript(d.turns))
+            if truncated and not d.ids:
+                # the partner's turn was cut before the trained role spoke: TRL needs at least one
+                # completion token, so one environment token (a newline, never EOS) stands in, and the
+                # dialogue still reaches TRL as truncated
+                nl = tokenizer("\n", add_special_tokens=False)["input_ids"] or [tokenizer.pad_token_id or 0]
+                d.ids.append(nl[-1])
+                d.mask.append(0)
+                d.logps.append(0.0)
             if not truncated:
                 # a dialogue that ended by the rules (final answer, max_turns) terminates with EOS; one
                 # cut at a token limit does not, so TRL counts it as truncated (`completions/clipped_ratio`,
