@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from longshort.dialogue.collab import CollabConfig
-from longshort.dialogue.protocol import render_transcript
+from longshort.dialogue.protocol import Turn, render_transcript
 from longshort.engines.hf import HFEngine
 from longshort.errors import InputError, LongshortError
 from longshort.models import load_model
@@ -119,7 +119,10 @@ def test_rollout_env_mask_is_one_exactly_on_the_trained_roles_tokens(models, rol
         assert [len(b) for b in blocks] == [t["tokens"] for t in own if t["tokens"]]
         assert all(lps[j] == 0.0 for j in range(len(ids)) if mask[j] == 0)
         assert all(lps[j] < 0.0 for j in range(len(ids)) if mask[j] == 1)
-        assert mask[-1] == 0 and ids[-1] == policy_tok.eos_token_id
+        # EOS closes a dialogue that ended by the rules; one cut at a token limit reaches TRL truncated
+        assert mask[-1] == 0 or out["end_reason"][i] == "token_limit"
+        assert (ids[-1] == policy_tok.eos_token_id) == (out["end_reason"][i] != "token_limit")
+        assert out["truncated"][i] == (out["end_reason"][i] == "token_limit")
         # the environment tokens hold the partner's turns (+ newlines / forced tags), in the policy's tokenizer
         env_text = policy_tok.decode([t for t, m in zip(ids, mask, strict=True) if m == 0])
         prompt_text = policy_tok.decode(out["prompt_ids"][i])
@@ -258,7 +261,7 @@ def test_partner_server_dropping_mid_run_is_a_clear_error_and_keeps_checkpoints(
     out = tmp_path / "rl"
     cfg = RLRunConfig(long=models["long"], short="short", data=str(problems_file), out=str(out), iterations=1,
                       max_steps=2, num_generations=2, batch_size=2, save_steps=1, report_to="none",
-                      partner_base_url=f"http://127.0.0.1:{port}/v1", dialogue=_dialogue_config(),
+                      dynamic_sampling=False, partner_base_url=f"http://127.0.0.1:{port}/v1", dialogue=_dialogue_config(),
                       partner_engine_kwargs={"max_retries": 1, "backoff": 0.05})
     calls = []
 
@@ -318,3 +321,179 @@ def test_embedded_model_trains_sft_then_rl(tmp_path, problems_file):
     run_rl(cfg)
     model, _ = load_model(str(tmp_path / "rl" / "iter0_long"), device="cpu")
     assert getattr(model.config, "quantization_config", None) is None
+
+
+# ----------------------------------------------------------------------------- sampling, truncation, leaks
+
+
+def test_policy_logprobs_are_those_trl_recomputes():
+    """The sampler is the engine's (`sample_tokens`, nucleus included); the logprob of each
+    sampled token is log softmax(logits / T) of a teacher-forced forward pass, as TRL computes it."""
+    model, tok = load_model("tiny-random", device="cpu")
+    torch.manual_seed(3)
+    prompts = [tok("Hello there", add_special_tokens=False)["input_ids"], tok("Hi", add_special_tokens=False)["input_ids"]]
+    outs = policy_generate(model, tok, prompts, max_new_tokens=12, stops=[], temperature=0.7, top_p=0.9)
+    for prompt, o in zip(prompts, outs, strict=True):
+        ids = torch.tensor([prompt + o.token_ids])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1].float() / 0.7
+        again = logits.log_softmax(-1).gather(-1, torch.tensor(o.token_ids)[:, None])[:, 0]
+        assert torch.allclose(again, torch.tensor(o.logprobs), atol=1e-4)
+    torch.manual_seed(3)
+    same = policy_generate(model, tok, prompts, max_new_tokens=12, stops=[], temperature=0.7, top_p=0.9)
+    assert [o.token_ids for o in same] == [o.token_ids for o in outs]  # torch's seed fixes the rollout
+
+
+def _parrot_model(spec: str, out: Path, prompt: str, target: str) -> str:
+    """A copy of `spec` fine-tuned (a real optimiser on real weights) until it continues the
+    exact text `prompt` with `target` when decoding greedily."""
+    model, tok = load_model(spec, device="cpu")
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    t_ids = tok(target, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p_ids + t_ids])
+    labels = torch.tensor([[-100] * len(p_ids) + t_ids])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(200):
+        res = model(input_ids=ids, labels=labels)
+        guess = res.logits[0, len(p_ids) - 1:-1].argmax(-1)
+        if res.loss.item() < 0.05 and guess.tolist() == t_ids:  # greedy decoding now writes the target
+            break
+        opt.zero_grad()
+        res.loss.backward()
+        opt.step()
+    model.eval()
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def test_a_box_in_the_long_turn_earns_no_correctness(models, tmp_path):
+    """The leak of issue 9: a long turn that writes \\boxed{gold}. The rollout's `final_answer`
+    (what correctness grades) is the committed answer, so that dialogue earns nothing, while a
+    short turn that boxes the answer and closes with </answer> earns it."""
+    from longshort.dialogue.protocol import final_answer, render_input
+    from longshort.engines.base import GenerationRequest
+    from longshort.training import rewards as R
+    from longshort.training.common import render_prompt
+
+    question, long_text = "What is 2+2?", " so \\boxed{4}</think>"
+    messages, prefix = render_input("long", question, [], open_tag=True)
+    engine = HFEngine("tiny-random", device="cpu")
+    long_dir = _parrot_model("tiny-random", tmp_path / "long", engine.render(
+        GenerationRequest(messages=messages, assistant_prefix=prefix)), long_text)
+    partner = HFEngine(long_dir, device="cpu")
+    dialogue = CollabConfig(max_turns=1, max_new_tokens_long=16, max_new_tokens_short=10, temperature=0.0)
+    # the short role never boxes anything: the only box is the long turn's
+    junk = DialogueRollout("short", partner, dialogue, temperature=1.0)
+    policy, policy_tok = load_model(models["short"], device="cpu")
+    torch.manual_seed(0)
+    out = junk.play([question] * 3, policy, policy_tok)
+    for turns, answer in zip(out["turns"], out["final_answer"], strict=True):
+        assert turns[0]["role"] == "long" and "\\boxed{4}" in turns[0]["text"]
+        assert final_answer([Turn.from_dict(t) for t in turns]) == "4"  # evaluation's rule would credit it
+        assert answer is None
+    assert R.correctness_reward([""] * 3, answer=["4"] * 3, final_answer=out["final_answer"]) == [0.0] * 3
+    # a short role that commits to the answer in a finished </answer> turn is paid
+    long_turn = out["turns"][0][0]  # the partner decodes greedily: the same long turn every time
+    s_messages, s_prefix = render_input("short", question, [long_turn], open_tag=True)
+    tok = load_model("tiny-random", device="cpu")[1]
+    short_dir = _parrot_model("tiny-random", tmp_path / "short", render_prompt(tok, s_messages, s_prefix),
+                              " \\boxed{4}</answer>")
+    solver = DialogueRollout("short", partner, dialogue, temperature=0.01)
+    policy, policy_tok = load_model(short_dir, device="cpu")
+    out = solver.play([question] * 2, policy, policy_tok)
+    assert out["final_answer"] == ["4", "4"] and out["end_reason"] == ["answer", "answer"]
+    assert R.correctness_reward([""] * 2, answer=["4"] * 2, final_answer=out["final_answer"]) == [1.0, 1.0]
+    assert all(ids[-1] == policy_tok.eos_token_id for ids in out["completion_ids"])
+
+
+def _length_reward(completions, **kwargs):  # a real, varying signal: the completion's length in characters
+    return [float(len(c)) for c in completions]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_truncated_dialogues_reach_trl_as_truncated(tmp_path, problems_file, masked):
+    """The raw tiny model never closes a turn, so every dialogue ends at its token limit: no EOS at
+    the end, TRL's `clipped_ratio` is 1, and with `mask_truncated_completions` nothing is learned."""
+    partner = HFEngine("tiny-random", device="cpu")
+    cfg = RLRunConfig(long="tiny-random", short="tiny-random", data=str(problems_file), out=str(tmp_path / "o"),
+                      iterations=1, max_steps=1, num_generations=2, batch_size=2, lr=1e-2, report_to="none",
+                      mask_truncated_completions=masked, dynamic_sampling=False,
+                      dialogue=CollabConfig(max_turns=1, max_new_tokens_long=6, max_new_tokens_short=6))
+    trainer = make_trainer(cfg, "long", "tiny-random", partner, tmp_path / "ckpt", load_problems(str(problems_file)),
+                           reward_funcs=[_length_reward])
+    before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    logs = trainer.state.log_history[0]
+    assert logs["completions/clipped_ratio"] == 1.0 and logs["dialogue/truncated"] == 1.0
+    changed = any(not torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())
+    assert changed != masked
+
+
+# ----------------------------------------------------------------------------- signal: dynamic sampling, filters
+
+
+def test_dynamic_sampling_replaces_groups_without_signal(models, tmp_path):
+    """Problems p1 and p3 give every dialogue the same reward (no advantage); p2 gives its group
+    different rewards. With dynamic sampling every step trains on a group with signal (p2 drawn in
+    for the others) at a constant learning rate; without it, steps without signal remain."""
+    data = tmp_path / "three.jsonl"
+    data.write_text("".join(json.dumps({"id": f"p{i}", "problem": f"What is {i}+{i}?", "answer": str(2 * i)}) + "\n"
+                            for i in (1, 2, 3)))
+    seen = []
+
+    def only_p2(completions, id, **kwargs):  # noqa: A002 - TRL passes the dataset's column names
+        seen.append(list(id))
+        return [float(k) if pid == "p2" else 0.0 for k, pid in enumerate(id)]
+
+    partner = HFEngine(models["short"], device="cpu")
+    logs = {}
+    for dynamic in (True, False):
+        cfg = RLRunConfig(long=models["long"], short=models["short"], data=str(data), out=str(tmp_path / f"o{dynamic}"),
+                          iterations=1, max_steps=3, num_generations=2, batch_size=2, lr=1e-3, report_to="none",
+                          dynamic_sampling=dynamic, dialogue=CollabConfig(max_turns=1, max_new_tokens_long=4,
+                                                                          max_new_tokens_short=4))
+        trainer = make_trainer(cfg, "long", models["long"], partner, tmp_path / f"ckpt{dynamic}",
+                               load_problems(str(data)), reward_funcs=[only_p2])
+        trainer.train()
+        logs[dynamic] = [h for h in trainer.state.log_history if "reward" in h]
+    with_ds, without = logs[True], logs[False]
+    assert len(with_ds) == len(without) == 3
+    assert all(h["frac_reward_zero_std"] == 0.0 and h["dynamic/signal_groups"] == 1.0 for h in with_ds)
+    assert sum(h["dynamic/zero_std_groups"] for h in with_ds) >= 1  # the epoch holds p1 and p3
+    assert all(h["dynamic/resampled_problems"] >= h["dynamic/zero_std_groups"] for h in with_ds)
+    assert any(h["frac_reward_zero_std"] == 1.0 for h in without) and "dynamic/signal_groups" not in without[0]
+    assert all(h["learning_rate"] == 1e-3 for h in with_ds + without)  # constant schedule by default
+    assert ["p2", "p2"] in seen
+
+
+def test_problem_filter_keeps_intermediate_problems(models, tmp_path, problems_file):
+    from longshort.training.rl import keep_intermediate, solve_rates
+
+    ps = [{"id": str(i), "problem": str(i), "answer": "1"} for i in range(6)]
+    rates = {"0": 0.0, "1": 0.25, "2": 1.0, "3": 0.5, "4": 0.0, "5": 0.75}
+    kept, counts = keep_intermediate(ps, rates, minimum=2)
+    assert [p["id"] for p in kept] == ["1", "3", "5"] and counts["topped_up"] == 0
+    kept, counts = keep_intermediate(ps, {k: 0.0 for k in rates}, minimum=2, seed=1)
+    assert len(kept) == 2 and counts["topped_up"] == 2 and counts["unsolved"] == 6
+    # the pre-pass on real models: tiny random models solve nothing, so the step is topped up
+    policy, tok = load_model(models["long"], device="cpu")
+    rollout = DialogueRollout("long", HFEngine(models["short"], device="cpu"), _dialogue_config())
+    got = solve_rates(rollout, load_problems(str(problems_file)), policy, tok, samples=2, batch_dialogues=4)
+    assert got == {"p1": 0.0, "p2": 0.0}
+    cfg = RLRunConfig(long=models["long"], short=models["short"], data=str(problems_file), out=str(tmp_path / "o"),
+                      iterations=1, max_steps=1, num_generations=2, batch_size=2, report_to="none",
+                      problem_filter="intermediate", dialogue=_dialogue_config())
+    trainer = make_trainer(cfg, "long", models["long"], HFEngine(models["short"], device="cpu"), tmp_path / "ck",
+                           load_problems(str(problems_file)))
+    stats = trainer.rollout_func.filter_stats
+    assert stats["problems"] == 2 and stats["intermediate"] == 0 and stats["kept"] == 1
+    assert len(trainer.train_dataset) == 1 and (tmp_path / "ck" / "problem_filter.json").exists()
+
+
+def test_same_problem_with_two_answers_is_refused(tmp_path):
+    bad = tmp_path / "twice.jsonl"
+    bad.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "1+1?", "answer": "3"}\n')
+    with pytest.raises(InputError, match="twice.jsonl:2: field 'answer'"):
+        load_problems(str(bad))
