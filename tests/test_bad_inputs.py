@@ -121,6 +121,7 @@ def file_variants(good: dict[str, Any]) -> dict[str, tuple[str, Any, list[str]]]
         "deep_object": ("in.jsonl", g + '{"a":' * 50_000 + "\n", ["in.jsonl:2"]),
         "bom_then_bad": ("in.jsonl", b"\xef\xbb\xbf" + g.encode() + b"{oops\n", ["in.jsonl:2"]),
         "crlf_then_bad": ("in.jsonl", g.replace("\n", "\r\n") + "{oops\r\n", ["in.jsonl:2"]),
+        "duplicate_key": ("in.jsonl", g + '{"id": "b", "problem": "x", "problem": "y"}\n', ["in.jsonl:2", "twice"]),
         "concatenated": ("in.jsonl", g.strip() + g, ["in.jsonl:1", "malformed JSON"]),
         "empty_file": ("in.jsonl", "", ["in.jsonl", "no "]),
         "blank_lines_only": ("in.jsonl", "\n\n   \n\t\n", ["in.jsonl", "no "]),
@@ -186,6 +187,13 @@ def build_cases() -> list[Case]:
         a = [x.replace("{in}", "{d}/in.jsonl") for x in argv]
         big = {**good, "id": "b", "problem": "Compute 1 + 1. " * 350_000}
         cases.append(Case(f"{cmd}-problem_5MB", a, {"in.jsonl": line(good) + line(big)}, ["in.jsonl:2", "problem", "too long"]))
+    for cmd in ("solve", "eval", "rl", "coldstart"):
+        argv, good = READERS[cmd]
+        a = [x.replace("{in}", "{d}/in.jsonl") for x in argv]
+        bad = {**good, "id": "b", "problem": "What is \udcff?"}
+        cases.append(Case(f"{cmd}-problem_lone_surrogate", a, {"in.jsonl": line(good) + line(bad)},
+                          ["in.jsonl:2", "problem", "Unicode"]))
+    cases.append(Case("solve-argument_undecodable_bytes", ["solve", "What is \udcff?"], {}, ["PROBLEM", "Unicode"]))
     cases.append(Case("solve-argument_5MB", ["solve", "What is 1 + 1? " * 350_000], {}, ["PROBLEM", "too long"]))
     # eval records: choices of the wrong shape, answer that is no choice
     a = [x.replace("{in}", "{d}/in.jsonl") for x in READERS["eval"][0]]
@@ -497,6 +505,11 @@ def misc_cases() -> list[Case]:
     return [
         Case("solve-out_is_input", ["solve", "--file", "{d}/in.jsonl", "--out", "{d}/in.jsonl"], {"in.jsonl": line(PROBLEM)},
              ["in.jsonl", "input"]),
+        Case("chunk-input_empty_path", ["chunk", "--input", "", "--out", "{d}/c.jsonl"], {}, ["directory"]),
+        Case("chunk-out_empty_path", ["chunk", "--input", "{d}/in.jsonl", "--out", ""], {"in.jsonl": line(TRACE)},
+             ["directory"]),
+        Case("solve-out_empty_path", ["solve", "--file", "{d}/in.jsonl", "--out", ""], {"in.jsonl": line(PROBLEM)},
+             ["directory"]),
         Case("chunk-input_missing", ["chunk", "--input", "{d}/nope.jsonl", "--out", "{d}/c.jsonl"], {}, ["nope.jsonl", "not found"]),
         Case("chunk-input_directory", ["chunk", "--input", "{d}/dd", "--out", "{d}/c.jsonl"], {"dd": DIR}, ["dd", "directory"]),
         Case("score-input_missing", ["score", "--input", "{d}/nope.jsonl", "--out", "{d}/s.jsonl"], {}, ["nope.jsonl", "not found"]),

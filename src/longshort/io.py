@@ -136,14 +136,25 @@ def parse_record(text: str, *, path: str | None = None, line: int | None = None,
         seen_constant.append(name)
         return float(name.replace("Infinity", "inf"))
 
+    duplicated: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(items)
+        if len(out) != len(items) and not duplicated:
+            seen: set[str] = set()
+            duplicated.extend(k for k, _ in items if k in seen or seen.add(k))
+        return out
+
     try:
-        rec = json.loads(text, parse_constant=constant)
+        rec = json.loads(text, parse_constant=constant, object_pairs_hook=pairs)
     except json.JSONDecodeError as exc:
         raise InputError(f"malformed JSON ({exc.msg}, column {exc.colno})", path=path, line=line) from None
     except RecursionError:
         raise InputError("malformed JSON (nested too deeply)", path=path, line=line) from None
     if not isinstance(rec, dict):
         raise InputError(f"expected a JSON object, got {type(rec).__name__}", path=path, line=line)
+    if duplicated:  # JSON would silently keep the last value
+        raise InputError("key given twice in one object", path=path, line=line, field=duplicated[0])
     if seen_constant:
         where = _nonfinite_path(rec)
         raise InputError(f"{seen_constant[0]} is not a valid JSON value", path=path, line=line,
@@ -205,6 +216,11 @@ def check_text(value: Any, *, path: str | None = None, line: int | None = None, 
         raise InputError(f"expected a string, got {_json_type(value)}", path=path, line=line, field=field)
     if not value.strip():
         raise InputError("empty", path=path, line=line, field=field)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate ("\udcff" in JSON, undecodable argv bytes)
+        raise InputError(f"not valid Unicode text (lone surrogate at character {exc.start + 1})", path=path,
+                         line=line, field=field) from None
     if len(value) > max_chars:
         raise InputError(f"too long ({len(value):,} characters; at most {max_chars:,})", path=path,
                          line=line, field=field)

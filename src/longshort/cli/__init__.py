@@ -21,6 +21,15 @@ from longshort.cli import train as _train  # noqa: E402,F401
 from longshort.cli.app import app
 from longshort.errors import LongshortError
 
+_COMMAND: list = []
+
+
+def _command():
+    """The click command built from `app` (once: building it takes tens of milliseconds)."""
+    if not _COMMAND:
+        _COMMAND.append(typer.main.get_command(app))
+    return _COMMAND[0]
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `longshort` console command: returns the exit code. Every error a user
@@ -31,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover - older typer uses click itself
         import click
 
-    command = typer.main.get_command(app)
+    command = _command()
     try:
         rv = command.main(args=argv, prog_name="longshort", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
