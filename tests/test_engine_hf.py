@@ -67,6 +67,15 @@ def test_seeds_reproducible_independent_of_batch_and_samples_differ(engine):
     assert a == b  # unseeded requests follow torch's global RNG
 
 
+def test_nucleus_samples_do_not_depend_on_the_batch(engine):
+    req = chat(QUESTIONS[0], temperature=1.0, top_p=0.9, max_new_tokens=8, n=2, seed=5)
+    alone = engine.generate([req])[0].completions
+    mixed = engine.generate([chat(QUESTIONS[1], temperature=0.7, top_p=0.3, max_new_tokens=5, n=3, seed=1), req,
+                             chat(QUESTIONS[3], temperature=0, max_new_tokens=9)])[1].completions
+    assert [c.token_ids for c in alone] == [c.token_ids for c in mixed]
+    assert alone[0].token_ids != alone[1].token_ids
+
+
 def test_kv_reuse_gives_the_same_samples_as_reencoding(engine):
     reqs = [chat(q, temperature=1.0, max_new_tokens=8, n=4, seed=i) for i, q in enumerate(QUESTIONS[:2])]
     reuse = engine.generate(reqs)

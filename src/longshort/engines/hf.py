@@ -31,6 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from longshort.engines.base import Completion, Engine, GenerationRequest, GenerationResult
+from longshort.engines.sampling import row_seed, row_uniform, sample_tokens  # noqa: F401 (re-exported)
 from longshort.errors import LongshortError
 
 log = logging.getLogger(__name__)
@@ -97,104 +98,6 @@ def _is_oom(exc: BaseException) -> bool:
         return True
     msg = str(exc).lower()  # CUDA: "out of memory"; CPU allocator: "can't allocate memory"
     return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
-
-
-# ----------------------------------------------------------------------------- sampling
-
-_M64 = (1 << 64) - 1
-
-
-def _i64(x: int) -> int:
-    """Two's-complement int64 view of an unsigned 64-bit constant."""
-    x &= _M64
-    return x - (1 << 64) if x >= (1 << 63) else x
-
-
-_K_SEED, _K_STEP, _K_TOK = _i64(0x9E3779B97F4A7C15), _i64(0xC2B2AE3D27D4EB4F), _i64(0x165667B19E3779F9)
-_MIX1, _MIX2 = _i64(0xBF58476D1CE4E5B9), _i64(0x94D049BB133111EB)
-
-
-def _shr(x, s: int):
-    """Logical right shift of an int64 tensor (torch's >> is arithmetic)."""
-    return (x >> s) & ((1 << (64 - s)) - 1)
-
-
-def _mix(x):
-    """splitmix64 finaliser on int64 tensors (multiplication wraps modulo 2**64)."""
-    x = (x ^ _shr(x, 30)) * _MIX1
-    x = (x ^ _shr(x, 27)) * _MIX2
-    return x ^ _shr(x, 31)
-
-
-def row_seed(seed: int, sample: int) -> int:
-    """The sampling seed of sample `sample` of a request seeded with `seed`."""
-    import torch
-
-    t = torch.tensor([_i64(seed * 1_000_003 + sample * 7919 + 1)], dtype=torch.int64)
-    return int(_mix(_mix(t))[0])
-
-
-def row_uniform(seeds, step: int):
-    """One uniform (0, 1) number per row, a pure function of (row seed, step): float64 [R]."""
-    import torch
-
-    x = _mix(_mix(seeds * _K_SEED + _i64(step * _K_STEP)))
-    return (_shr(x, 11).to(torch.float64) + 0.5) / float(1 << 53)
-
-
-# Top-p first looks among this many most likely tokens (exact whenever they hold the top_p mass,
-# as they nearly always do for a trained model); otherwise the whole vocabulary is sorted.
-_TOP_P_CANDIDATES = 1024
-
-
-def _inverse_cdf(probs, u):
-    """Index drawn from each row of (unnormalised) `probs` with the row's uniform `u`."""
-    import torch
-
-    cdf = probs.cumsum(-1)
-    target = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
-    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
-
-
-def sample_tokens(logits, temperature, top_p, seeds, step: int, *, want_logprobs: bool):
-    """Pick one token per row.
-
-    logits [R, V]; temperature [R] (0 = greedy); top_p [R]; seeds [R] int64. Sampling is exact
-    inverse-CDF sampling of softmax(logits / temperature), restricted to the top-p nucleus, with
-    one counter-based uniform per row and step (cheap, and reproducible whatever the batch).
-    The logprob returned is that of the chosen token under softmax(logits / temperature)
-    (plain softmax for greedy rows), before top-p.
-    Returns (tokens [R] int64, logprobs [R] float32 or None).
-    """
-    import torch
-
-    logits = logits.float()
-    greedy = temperature <= 0
-    tokens = logits.argmax(-1)
-    scaled = logits
-    if not bool(greedy.all()):
-        temp = torch.where(greedy, torch.ones_like(temperature), temperature).to(logits.dtype)
-        scaled = logits / temp[:, None]
-        probs = scaled.softmax(-1)
-        u = row_uniform(seeds, step)
-        sampled = torch.empty_like(tokens)
-        nucleus = (top_p < 1.0) & ~greedy
-        full = ~nucleus
-        if bool(full.any()):
-            sampled[full] = _inverse_cdf(probs[full], u[full])
-        if bool(nucleus.any()):
-            p, thr, un = probs[nucleus], top_p[nucleus].to(probs.dtype)[:, None], u[nucleus]
-            vals, idx = p.topk(min(_TOP_P_CANDIDATES, p.shape[-1]), dim=-1)
-            if bool((vals.sum(-1, keepdim=True) < thr).any()):
-                vals, idx = p.sort(-1, descending=True)
-            before = vals.cumsum(-1) - vals  # mass of the more likely tokens
-            vals = vals.masked_fill(before >= thr, 0.0)  # the smallest set holding top_p of the mass
-            sampled[nucleus] = idx.gather(-1, _inverse_cdf(vals, un)[:, None])[:, 0]
-        tokens = torch.where(greedy, tokens, sampled)
-    logprobs = None
-    if want_logprobs:
-        logprobs = scaled.log_softmax(-1).gather(-1, tokens[:, None])[:, 0]
-    return tokens, logprobs
 
 
 # ----------------------------------------------------------------------------- engine
@@ -274,6 +177,11 @@ class HFEngine(Engine):
         else:
             mem = 2 << 30
         return max(4096, mem // self._kv_bytes_per_token())
+
+    @property
+    def max_context(self) -> int | None:
+        """The model's `max_position_embeddings` (None when its config has none)."""
+        return self._context_length()
 
     def _context_length(self) -> int | None:
         c = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") \

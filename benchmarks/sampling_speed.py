@@ -1,0 +1,94 @@
+"""Nucleus sampling cost: the same requests decoded with `top_p` < 1 vs `top_p` = 1.
+
+Same engine, model, prompts, seeds, temperature and token limits, in one process; only `top_p`
+differs. Prints seconds and generated tokens/s for both, their ratio (the price of nucleus
+sampling; the target is <= 1.5x on `tiny-random`, whose flat distributions put most of the
+vocabulary in the nucleus), the time spent inside `sample_tokens` alone, and the load average.
+
+    .venv/bin/python benchmarks/sampling_speed.py                     # tiny-random, 16 x n=2 x 128
+    .venv/bin/python benchmarks/sampling_speed.py --model smollm2-135m --top-p 0.9
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import torch  # noqa: E402
+
+from longshort.engines import hf  # noqa: E402
+from longshort.engines.base import GenerationRequest, SamplingParams  # noqa: E402
+from longshort.engines.hf import HFEngine  # noqa: E402
+
+QUESTIONS = ["What is {k} + {k}?", "Is {k} prime? Explain.", "List the divisors of {k}.",
+             "How many minutes are in {k} hours?"]
+
+
+def requests(k: int, n: int, new_tokens: int, top_p: float, temperature: float) -> list[GenerationRequest]:
+    return [GenerationRequest(messages=[{"role": "user", "content": QUESTIONS[i % 4].format(k=i + 3)}],
+                              params=SamplingParams(temperature=temperature, top_p=top_p, n=n, seed=i,
+                                                    max_new_tokens=new_tokens))
+            for i in range(k)]
+
+
+def timed(engine: HFEngine, reqs: list[GenerationRequest]) -> tuple[float, int, float]:
+    """(seconds, generated tokens, seconds inside sample_tokens)."""
+    spent = [0.0]
+    inner = hf.sample_tokens
+
+    def counting(*a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return inner(*a, **kw)
+        finally:
+            spent[0] += time.perf_counter() - t0
+
+    hf.sample_tokens = counting
+    try:
+        t0 = time.perf_counter()
+        res = engine.generate(reqs)
+        dt = time.perf_counter() - t0
+    finally:
+        hf.sample_tokens = inner
+    return dt, sum(c.num_tokens for r in res for c in r.completions), spent[0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="tiny-random", help="model spec (default: tiny-random)")
+    ap.add_argument("--requests", type=int, default=16)
+    ap.add_argument("--n", type=int, default=2, help="samples per request")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--top-p", type=float, default=0.95)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--repeats", type=int, default=2, help="alternate the two settings this many times; "
+                                                           "the best time of each is reported")
+    args = ap.parse_args()
+
+    engine = HFEngine(args.model, device="cpu")
+    print(f"model={args.model} requests={args.requests} n={args.n} new_tokens={args.new_tokens} "
+          f"temperature={args.temperature} threads={torch.get_num_threads()} torch={torch.__version__}")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    engine.generate(requests(2, 1, 4, args.top_p, args.temperature))  # warm-up (allocator, first calls)
+    best: dict[float, tuple[float, int, float]] = {}
+    for _ in range(args.repeats):
+        for top_p in (args.top_p, 1.0):
+            got = timed(engine, requests(args.requests, args.n, args.new_tokens, top_p, args.temperature))
+            if top_p not in best or got[0] < best[top_p][0]:
+                best[top_p] = got
+    print(f"{'':16}{'seconds':>10}{'gen tokens':>12}{'tok/s':>10}{'in sampler s':>14}")
+    for top_p in (1.0, args.top_p):
+        dt, n, s = best[top_p]
+        print(f"{f'top_p {top_p:g}':16}{dt:>10.2f}{n:>12d}{n / dt:>10.1f}{s:>14.2f}")
+    ratio = best[args.top_p][0] / best[1.0][0]
+    print(f"ratio time top_p {args.top_p:g} / top_p 1: {ratio:.2f}x (target <= 1.5x)")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
