@@ -255,7 +255,17 @@ def test_smollm2_engine_answers_stops_at_eos_and_at_stop_strings():
     assert (cut.finish_reason, cut.stop) == ("stop", "5") and cut.text == c.text[:c.text.index("5")]
 
 
+def test_max_context_reads_the_model_then_the_tokenizer(engine):
+    assert engine.max_context == engine.model.config.max_position_embeddings == 4096
+    eng = HFEngine.from_model(engine.model, engine.tokenizer)
+    eng.model = type("M", (), {"config": type("C", (), {})()})()  # a config without the field
+    eng.tokenizer = type("T", (), {"model_max_length": 2048})()
+    assert eng.max_context == 2048
+    eng.tokenizer = type("T", (), {"model_max_length": int(1e30)})()  # transformers' "unknown"
+    assert eng.max_context is None
+
+
 def test_prompt_longer_than_the_context_is_a_clear_error(engine):
-    context = engine.model.config.max_position_embeddings
+    context = engine.max_context
     with pytest.raises(LongshortError, match=f"model's context is {context} tokens"):
         engine.generate([GenerationRequest(prompt="7 " * context, params=SamplingParams(max_new_tokens=2))])

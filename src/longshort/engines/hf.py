@@ -180,13 +180,18 @@ class HFEngine(Engine):
 
     @property
     def max_context(self) -> int | None:
-        """The model's `max_position_embeddings` (None when its config has none)."""
+        """The model's `max_position_embeddings`, else the tokenizer's `model_max_length` when it is
+        a real limit (transformers puts ~1e30 there when unknown), else None."""
         return self._context_length()
 
     def _context_length(self) -> int | None:
         c = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") \
             else self.model.config
-        return getattr(c, "max_position_embeddings", None)
+        ctx = getattr(c, "max_position_embeddings", None)
+        if ctx:
+            return int(ctx)
+        tok_max = getattr(self.tokenizer, "model_max_length", None)
+        return int(tok_max) if isinstance(tok_max, int) and 0 < tok_max < 10**8 else None
 
     @property
     def fast(self) -> bool:
