@@ -92,6 +92,11 @@ class Engine(ABC):
     def count_tokens(self, text: str) -> int:
         """Number of tokens `text` has under this engine's tokenizer."""
 
+    #: The longest sequence (prompt + generated tokens) the engine's model takes; None when the
+    #: engine cannot tell (callers then skip their context checks). Engines override it with a
+    #: property reading their model (hf: max_position_embeddings, vllm: max_model_len, openai: option).
+    max_context: int | None = None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (GPU memory, HTTP sessions)."""
 

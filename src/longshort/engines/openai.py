@@ -56,6 +56,9 @@ class OpenAIEngineConfig(BaseModel):
     max_backoff: float = Field(8.0, ge=0, description="Cap on one retry delay in seconds.")
     concurrency: int = Field(16, ge=1, description="Requests in flight at once; 16 lets a server batch "
                                                    "them without queueing thousands of sockets.")
+    max_context: int | None = Field(None, ge=1, description="The served model's context length in tokens "
+                                                            "(`vllm serve --max-model-len`); None = unknown, "
+                                                            "context checks are skipped.")
     tokenizer: str | None = Field(None, description="Model spec whose tokenizer counts tokens locally "
                                                     "(count_tokens/render); None = ask the server's "
                                                     "/tokenize (vLLM), else count_tokens is unavailable.")
@@ -230,6 +233,10 @@ class OpenAIEngine(Engine):
 
                 self._tokenizer = load_tokenizer(self.config.tokenizer)
         return self._tokenizer
+
+    @property
+    def max_context(self) -> int | None:
+        return self.config.max_context
 
     def count_tokens(self, text: str) -> int:
         tok = self._local_tokenizer()

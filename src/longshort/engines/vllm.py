@@ -79,6 +79,16 @@ class VLLMEngine(Engine):
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    @property
+    def max_context(self) -> int | None:
+        """vLLM's `max_model_len` (the configured one, else what vLLM derived from the model)."""
+        if self.config.max_model_len:
+            return self.config.max_model_len
+        try:
+            return int(self.llm.llm_engine.model_config.max_model_len)
+        except AttributeError:
+            return None
+
     def _params(self, req: GenerationRequest) -> Any:
         from vllm import SamplingParams as VSP
 

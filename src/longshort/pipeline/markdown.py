@@ -5,8 +5,39 @@ from __future__ import annotations
 
 from typing import Any
 
+from longshort.io import read_jsonl
 from longshort.pipeline.context import RunContext
-from longshort.pipeline.report import SYSTEM_NAMES, _ci, _num, _pct, example_dialogues
+from longshort.pipeline.stages import eval_sets
+
+SYSTEM_NAMES = {"pair": "Long⊗Short pair (SFT+RL)", "pair_sft": "Long⊗Short pair (SFT only)",
+                "baseline": "long-CoT baseline", "short": "short model alone"}
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{x:,.{digits}f}"
+
+
+def _ci(iv: dict[str, Any] | None, fmt=_pct) -> str:
+    if not iv or iv.get("low") is None:
+        return ""
+    return f" [{fmt(iv['low'])}, {fmt(iv['high'])}]"
+
+
+def example_dialogues(ctx: RunContext, k: int) -> list[dict[str, Any]]:
+    """The first `k` pair dialogues of the first evaluation set, right answers first."""
+    if k == 0:
+        return []
+    for label in eval_sets(ctx):
+        path = ctx.out / "eval" / label / "pair" / "predictions.jsonl"
+        if path.exists():
+            recs = read_jsonl(path)
+            recs.sort(key=lambda r: (not r.get("correct"), str(r.get("id"))))
+            return [{**r, "_set": label} for r in recs[:k]]
+    return []
 
 
 def _signed_pct(x: float | None) -> str:

@@ -15,26 +15,10 @@ from typing import Any
 
 from longshort.io import read_jsonl, save_figure_atomic, write_json_atomic, write_text_atomic
 from longshort.pipeline.context import RunContext
-from longshort.pipeline.stages import eval_sets
+from longshort.pipeline.markdown import SYSTEM_NAMES, _ci, _num, _pct, render_report_md
 from longshort.rundir import read_json
 
-SYSTEM_NAMES = {"pair": "Long⊗Short pair (SFT+RL)", "pair_sft": "Long⊗Short pair (SFT only)",
-                "baseline": "long-CoT baseline", "short": "short model alone"}
 BOOTSTRAP = 2000
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
-
-
-def _num(x: float | None, digits: int = 1) -> str:
-    return "–" if x is None else f"{x:,.{digits}f}"
-
-
-def _ci(iv: dict[str, Any] | None, fmt=_pct) -> str:
-    if not iv or iv.get("low") is None:
-        return ""
-    return f" [{fmt(iv['low'])}, {fmt(iv['high'])}]"
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -199,23 +183,8 @@ def stage_report(ctx: RunContext) -> dict[str, Any]:
         plots["importance_by_category"] = str(imp.relative_to(out))
     metrics["plots"] = plots
     write_json_atomic(out / "metrics.json", metrics)
-    from longshort.pipeline.markdown import render_report_md
-
     write_text_atomic(out / "report.md", render_report_md(ctx, metrics))
     return {"headline": head, "plots": plots}
-
-
-def example_dialogues(ctx: RunContext, k: int) -> list[dict[str, Any]]:
-    """The first `k` pair dialogues of the first evaluation set, right answers first."""
-    if k == 0:
-        return []
-    for label in eval_sets(ctx):
-        path = ctx.out / "eval" / label / "pair" / "predictions.jsonl"
-        if path.exists():
-            recs = read_jsonl(path)
-            recs.sort(key=lambda r: (not r.get("correct"), str(r.get("id"))))
-            return [{**r, "_set": label} for r in recs[:k]]
-    return []
 
 
 def write_summary(ctx: RunContext) -> list[str]:

@@ -32,42 +32,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from longshort.thoughts.segment import SegmentConfig, segment_chunk
-from longshort.thoughts.steps import Steps, split_steps
-
-CATEGORIES = ("understanding", "planning", "computation", "verification", "alternative",
-              "conclusion", "other")
-
-# free-text type -> category, first match wins (checked on the lower-cased type)
-_CATEGORY_KEYWORDS: list[tuple[str, tuple[str, ...]]] = [
-    ("verification", ("verif", "check", "confirm", "validat", "sanity", "review", "reflect",
-                      "double", "self_checking", "monitor")),
-    ("alternative", ("alternative", "another approach", "different approach", "explor",
-                     "backtrack", "abandon", "other method", "second approach", "retry")),
-    ("conclusion", ("conclu", "final", "answer", "summar", "result_consolidation", "wrap")),
-    ("understanding", ("understand", "restat", "read", "setup", "set up",
-                       "comprehen", "interpret", "analy", "given", "fact_retrieval", "recall")),
-    ("planning", ("plan", "strateg", "approach", "decompos", "outline", "break down", "method")),
-    ("computation", ("comput", "calculat", "solv", "derivat", "deriv", "simplif", "algebra",
-                     "implement", "substitut", "evaluat", "count", "case", "execut", "step",
-                     "equation", "arithmetic", "reason")),
-    ("other", ("hesitat", "uncertain", "pause", "hmm", "uncertainty_management")),
-]
-
-
-def normalize_category(type_text: str | None) -> str:
-    """Map a free-text thought type to one of CATEGORIES (unknown -> "other").
-
-    >>> normalize_category("Problem Understanding"), normalize_category("double-check")
-    ('understanding', 'verification')
-    """
-    t = (type_text or "").strip().lower()
-    if t in CATEGORIES:
-        return t
-    for cat, keys in _CATEGORY_KEYWORDS:
-        if any(k in t for k in keys):
-            return cat
-    return "other"
-
+from longshort.thoughts.steps import (  # noqa: F401 - CATEGORIES, normalize_category re-exported
+    CATEGORIES,
+    Steps,
+    make_thought,
+    normalize_category,
+    split_steps,
+)
 
 # --------------------------------------------------------------------------- markers
 
@@ -202,14 +173,6 @@ def heuristic_chunk(steps: Sequence[str], config: HeuristicConfig | None = None)
     return [make_thought(steps, s, e, typ, cat) for s, e, typ, cat in spans]
 
 
-def make_thought(steps: Sequence[str], start: int, end: int, type_text: str,
-                 category: str | None = None) -> dict[str, Any]:
-    """A thought record over steps[start-1:end] (1-based inclusive)."""
-    return {"start": start, "end": end, "type": type_text,
-            "category": category or normalize_category(type_text),
-            "text": "\n\n".join(steps[start - 1:end])}
-
-
 # --------------------------------------------------------------------------- validation / repair
 
 
@@ -317,9 +280,7 @@ def build_chunk_prompt(problem: str, steps: Sequence[str], max_step_chars: int =
 def fit_chunk_prompt(problem: str, steps: Sequence[str], engine: Any, cfg: LLMChunkConfig) -> str | None:
     """The chunking prompt, with steps cut shorter until prompt + answer fit the engine's context
     (when the engine tells its context length); None when even 30 characters per step do not fit."""
-    from longshort.thoughts.importance import ImportanceConfig, engine_context
-
-    ctx = engine_context(engine, ImportanceConfig())
+    ctx = engine.max_context
     for chars in (cfg.max_step_chars, 120, 60, 30):
         if chars > cfg.max_step_chars:
             continue

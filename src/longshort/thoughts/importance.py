@@ -224,16 +224,8 @@ def request_seed(base: int, rid: str, i: int) -> int:
 
 
 def engine_context(engine: Any, cfg: ImportanceConfig) -> int | None:
-    if cfg.max_context:
-        return cfg.max_context
-    for attr in ("max_context", "max_model_len"):
-        v = getattr(engine, attr, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    model = getattr(engine, "model", None)
-    conf = getattr(model, "config", None)
-    v = getattr(conf, "max_position_embeddings", None)
-    return v if isinstance(v, int) and v > 0 else None
+    """The context to plan against: the config's `max_context`, else the engine's (`Engine.max_context`)."""
+    return cfg.max_context or engine.max_context
 
 
 def _count(engine: Any, text: str) -> int:

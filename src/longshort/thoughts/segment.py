@@ -383,7 +383,7 @@ _TYPE_NAMES = {"understanding": "problem understanding", "planning": "planning",
 def segment_chunk(steps: Sequence[str], problem: str = "", config: SegmentConfig | None = None
                   ) -> list[dict[str, Any]]:
     """Thoughts `{start, end, type, category, text}` of a trace's steps (see module docstring)."""
-    from longshort.thoughts.chunking import make_thought
+    from longshort.thoughts.steps import make_thought
 
     cfg = config or SegmentConfig()
     n = len(steps)

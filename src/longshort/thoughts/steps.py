@@ -16,7 +16,9 @@ splitting, and say so in `flags`, so downstream code never sees a single 10k-cha
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 # (open tag, close tag) pairs recognised as thinking wrappers, most common first.
 THINK_WRAPPERS: list[tuple[str, str]] = [
@@ -136,3 +138,49 @@ def split_steps(response: str, *, max_single_step_chars: int = MAX_SINGLE_STEP_C
                 flags.append("unsplittable")
     return Steps(steps=steps, before=before.strip(), after=after.strip(), open_tag=open_tag,
                  close_tag=close_tag, split=split, flags=flags)
+
+
+# --------------------------------------------------------------------------- thought records
+# (here, below chunking and segment, so both build thoughts the same way without importing each other)
+
+CATEGORIES = ("understanding", "planning", "computation", "verification", "alternative",
+              "conclusion", "other")
+
+# free-text type -> category, first match wins (checked on the lower-cased type)
+_CATEGORY_KEYWORDS: list[tuple[str, tuple[str, ...]]] = [
+    ("verification", ("verif", "check", "confirm", "validat", "sanity", "review", "reflect",
+                      "double", "self_checking", "monitor")),
+    ("alternative", ("alternative", "another approach", "different approach", "explor",
+                     "backtrack", "abandon", "other method", "second approach", "retry")),
+    ("conclusion", ("conclu", "final", "answer", "summar", "result_consolidation", "wrap")),
+    ("understanding", ("understand", "restat", "read", "setup", "set up",
+                       "comprehen", "interpret", "analy", "given", "fact_retrieval", "recall")),
+    ("planning", ("plan", "strateg", "approach", "decompos", "outline", "break down", "method")),
+    ("computation", ("comput", "calculat", "solv", "derivat", "deriv", "simplif", "algebra",
+                     "implement", "substitut", "evaluat", "count", "case", "execut", "step",
+                     "equation", "arithmetic", "reason")),
+    ("other", ("hesitat", "uncertain", "pause", "hmm", "uncertainty_management")),
+]
+
+
+def normalize_category(type_text: str | None) -> str:
+    """Map a free-text thought type to one of CATEGORIES (unknown -> "other").
+
+    >>> normalize_category("Problem Understanding"), normalize_category("double-check")
+    ('understanding', 'verification')
+    """
+    t = (type_text or "").strip().lower()
+    if t in CATEGORIES:
+        return t
+    for cat, keys in _CATEGORY_KEYWORDS:
+        if any(k in t for k in keys):
+            return cat
+    return "other"
+
+
+def make_thought(steps: Sequence[str], start: int, end: int, type_text: str,
+                 category: str | None = None) -> dict[str, Any]:
+    """A thought record over steps[start-1:end] (1-based inclusive)."""
+    return {"start": start, "end": end, "type": type_text,
+            "category": category or normalize_category(type_text),
+            "text": "\n\n".join(steps[start - 1:end])}
