@@ -36,7 +36,7 @@ def test_pipeline_end_to_end(tmp_path, capsys):
     assert main(args + ["--dry-run"]) == 0
     out = capsys.readouterr().out
     n_req = sum(len(r["thoughts"]) + 1 for r in rows)
-    assert f"{n_req} requests x 2 = {2 * n_req} rollouts" in out and not scored.exists()
+    assert f"{n_req} requests (prefixes) x 2 = {2 * n_req} rollouts" in out and not scored.exists()
     assert main(args + ["--limit", "1"]) == 0
     assert len(_rows(scored)) == 1
     assert main(args) == 0  # resumes: scores the remaining one only
