@@ -101,7 +101,7 @@ def test_token_budget_per_request(base):
 
 
 def test_a_short_request_is_answered_while_a_long_one_generates(base):
-    """The long request (96 tokens, main lane) starts first; the 4-token request sent while it
+    """The long request (1,024 tokens, main lane) starts first; the 4-token request sent while it
     generates finishes before it (express lane); /health and /metrics show the busy lane."""
     done: dict[str, float] = {}
     results: dict[str, httpx.Response] = {}
@@ -110,7 +110,7 @@ def test_a_short_request_is_answered_while_a_long_one_generates(base):
         results[name] = _complete(base, "Once upon a time", temperature=0, **kw)
         done[name] = time.perf_counter()
 
-    long = threading.Thread(target=send, args=("long",), kwargs={"max_tokens": 96})
+    long = threading.Thread(target=send, args=("long",), kwargs={"max_tokens": 1024})
     long.start()
     deadline = time.time() + 120
     while True:
@@ -119,7 +119,7 @@ def test_a_short_request_is_answered_while_a_long_one_generates(base):
             break
         assert time.time() < deadline and long.is_alive(), "the long request never started"
         time.sleep(0.05)
-    assert health["busy"] is True and health["lanes"]["main"]["running_tokens"] == 96
+    assert health["busy"] is True and health["lanes"]["main"]["running_tokens"] == 1024
     metrics = httpx.get(f"{base}/metrics", timeout=30).text
     assert 'longshort_lane_running{lane="main"} 1' in metrics
     t0 = time.perf_counter()
@@ -127,9 +127,9 @@ def test_a_short_request_is_answered_while_a_long_one_generates(base):
     short_latency = done["short"] - t0
     long.join(timeout=600)
     assert results["short"].status_code == 200 and results["long"].status_code == 200
-    assert results["long"].json()["usage"]["completion_tokens"] == 96  # it really was long
+    assert results["long"].json()["usage"]["completion_tokens"] == 1024  # it really was long
     assert done["short"] < done["long"], "the short request waited for the long one"
-    print(f"short request latency while a 96-token one runs: {short_latency:.2f} s; "
+    print(f"short request latency while a 1,024-token one runs: {short_latency:.2f} s; "
           f"the long one finished {done['long'] - done['short']:.2f} s later")
 
 
