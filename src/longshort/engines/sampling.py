@@ -20,8 +20,8 @@ model at temperature 1 on some positions):
    masked sum per row). A kept draw has exactly the nucleus distribution p(x) / p(nucleus); a draw
    is kept with probability >= top_p, so for the usual top_p (0.9-0.95) nearly every row is done
    after one draw. Rejected rows draw again with their next uniform, up to `_TRIES` draws.
-2. *Threshold*: rows still rejected (small top_p), and rows whose masked sum lies too close to
-   the boundary to decide in float32, get t* from `nucleus_threshold` (one pass buckets the
+   A masked sum too close to the boundary to decide in float32 is redone in float64.
+2. *Threshold*: rows still rejected (small top_p) get t* from `nucleus_threshold` (one pass buckets the
    probabilities by their float bit pattern, which orders them exactly; the bucket masses locate
    the bucket holding t*, and only that bucket's few entries are sorted), then an inverse-CDF
    draw from the nucleus itself.
@@ -145,31 +145,38 @@ def nucleus_threshold(probs, top_p):
     return vals[pick].to(probs.dtype)
 
 
-def _nucleus_draws(probs, cdf, top_p, seeds, step: int):
+def _nucleus_draws(probs, cdf, top_p, seeds, step: int, first):
     """One token per row from the top-p nucleus of `probs` [R, V] (cumulative `cdf`), drawn with
-    the rows' counter-based uniforms: rejection first, the exact threshold for the rest."""
+    the rows' counter-based uniforms: rejection first (`first`: the rows' draw 0 from the whole
+    distribution), the exact threshold for rows rejected `_TRIES` times."""
     import torch
 
     R, V = probs.shape
-    need = top_p.double() * cdf[:, -1].double()
+    total = cdf[:, -1].double()
+    need = top_p.double() * total
     # A float32 sum of V non-negative terms is within V * 2**-24 of its value (relative), in any
-    # summation order; the masked sum and the total (`cdf[:, -1]`) each carry such an error, so a
-    # masked sum closer than twice that to `need` is decided exactly instead (step 2).
-    slack = need.new_tensor(2.05 * V * 2.0**-24) * cdf[:, -1].double()
+    # summation order; the masked sum and the total each carry such an error, so a masked sum
+    # closer than twice that to `need` is recomputed in float64, which then decides.
+    slack = 2.05 * V * 2.0**-24 * total
     tokens = torch.empty(R, dtype=torch.int64, device=probs.device)
-    todo = torch.arange(R, device=probs.device)
+    todo, x = torch.arange(R, device=probs.device), first
     for draw in range(_TRIES):
-        p = probs[todo] if len(todo) < R else probs
-        x = _draw(cdf[todo] if len(todo) < R else cdf, row_uniform(seeds[todo], step, draw))
-        px = p.gather(-1, x[:, None])
-        above = _mass_above(p, px[:, 0]).double()
-        keep = above < need[todo] - slack[todo]
+        part = len(todo) < R
+        p = probs[todo] if part else probs
+        if draw:
+            x = _draw(cdf[todo], row_uniform(seeds[todo], step, draw))
+        px = p.gather(-1, x[:, None])[:, 0]
+        above = _mass_above(p, px).double()
+        bar = need[todo] if part else need
+        close = ((above - bar).abs() < (slack[todo] if part else slack)).nonzero()[:, 0]
+        if len(close):
+            p64 = p[close].double()
+            above[close] = torch.where(p64 > px[close, None].double(), p64, 0.0).sum(-1)
+            bar = bar.clone()
+            bar[close] = top_p[todo[close]].double() * p64.sum(-1)
+        keep = above < bar
         tokens[todo[keep]] = x[keep]
-        sure = keep | (above >= need[todo] + slack[todo])
-        exact = todo[~sure]  # too close to the boundary for float32: decide exactly below
-        todo = todo[sure & ~keep]
-        if len(exact):
-            tokens[exact] = _threshold_draws(probs[exact], top_p[exact], seeds[exact], step, _TRIES)
+        todo = todo[~keep]
         if not len(todo):
             return tokens
     tokens[todo] = _threshold_draws(probs[todo], top_p[todo], seeds[todo], step, _TRIES)
@@ -180,20 +187,14 @@ def _mass_above(probs, px):
     """Row sums of the probabilities strictly greater than px [R] (float32 [R])."""
     import torch
 
-    rows, vocab = probs.shape
-    if probs.device.type == "cpu" and rows <= 64 and vocab >= 4096:
-        # a scalar threshold per row: no [R, V] mask or copy, 3-4x faster for a batch of full rows
-        from torch.nn.functional import threshold
-
-        return torch.stack([threshold(row, v, 0.0).sum() for row, v in zip(probs, px.tolist(), strict=True)])
     return torch.where(probs > px[:, None], probs, 0.0).sum(-1)
 
 
-def _threshold_draws(probs, top_p, seeds, step: int, draw: int):
+def _threshold_draws(probs, top_p, seeds, step: int, draw: int, threshold=None):
     """Inverse-CDF draws from the exact nucleus (threshold from `nucleus_threshold`)."""
     import torch
 
-    t_star = nucleus_threshold(probs, top_p)
+    t_star = (threshold or nucleus_threshold)(probs, top_p)
     kept = torch.where(probs < t_star[:, None], 0.0, probs)
     return _draw(kept.cumsum(-1), row_uniform(seeds, step, draw))
 
@@ -223,9 +224,10 @@ def sample_tokens(logits, temperature, top_p, seeds, step: int, *, want_logprobs
         tokens = _draw(cdf, row_uniform(seeds, step))
         nucleus = ((top_p < 1.0) & ~greedy).nonzero()[:, 0]
         if len(nucleus) == len(tokens):
-            tokens = _nucleus_draws(probs, cdf, top_p, seeds, step)
+            tokens = _nucleus_draws(probs, cdf, top_p, seeds, step, tokens)
         elif len(nucleus):
-            tokens[nucleus] = _nucleus_draws(probs[nucleus], cdf[nucleus], top_p[nucleus], seeds[nucleus], step)
+            tokens[nucleus] = _nucleus_draws(probs[nucleus], cdf[nucleus], top_p[nucleus], seeds[nucleus], step,
+                                             tokens[nucleus])
         if bool(greedy.any()):
             tokens = torch.where(greedy, logits.argmax(-1), tokens)
     logprobs = None
