@@ -3,6 +3,8 @@ stop strings, logprobs, finish reasons, token counts, batch splitting and OOM re
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -269,3 +271,19 @@ def test_prompt_longer_than_the_context_is_a_clear_error(engine):
     context = engine.max_context
     with pytest.raises(LongshortError, match=f"model's context is {context} tokens"):
         engine.generate([GenerationRequest(prompt="7 " * context, params=SamplingParams(max_new_tokens=2))])
+
+
+def test_bf16_engine_keeps_fp32_logits_and_agrees_with_fp32(engine):
+    bf = make_engine("tiny-random", device="cpu", dtype="bf16")
+    assert next(bf.model.model.parameters()).dtype is torch.bfloat16
+    assert bf.model.lm_head.weight.dtype is torch.float32  # the head runs in fp32, the body in bf16
+    assert bf.model.model.embed_tokens.weight.dtype is torch.bfloat16
+    ids = torch.tensor([engine.encode("Once upon a time")])
+    with torch.inference_mode():
+        lo, hi = bf.model(ids).logits, engine.model(ids).logits
+    assert lo.dtype is torch.float32 and (lo - hi).abs().max() < 0.05
+    req = chat(QUESTIONS[3], temperature=1.0, max_new_tokens=6, n=2, seed=2, logprobs=True)
+    c = bf.generate([req])[0].completions[0]
+    assert len(c.logprobs) == c.num_tokens == 6 and all(math.isfinite(x) and x < 0 for x in c.logprobs)
+    plain = make_engine("tiny-random", device="cpu", dtype="bf16", fp32_logits=False)
+    assert plain.model.lm_head.weight.dtype is torch.bfloat16

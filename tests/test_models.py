@@ -179,3 +179,47 @@ def test_broken_local_model_and_missing_gpu_are_clear_errors(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(LongshortError, match="no CUDA GPU"):
             models.load_model("tiny-random", device="cuda")
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+def test_precision_auto_follows_the_device_and_can_be_forced(monkeypatch):
+    monkeypatch.delenv(models.PRECISION_ENV, raising=False)
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: True)
+    assert models.resolve_precision("auto", "cpu") == "bf16"
+    assert models.resolve_precision(None, "cpu") == "bf16"
+    assert models.resolve_precision("fp32", "cpu") == "fp32"
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: False)
+    assert models.resolve_precision("auto", "cpu") == "fp32"
+    assert models.resolve_precision("bf16", "cpu") == "bf16"  # forced: slow without bf16 units, but allowed
+    monkeypatch.setenv(models.PRECISION_ENV, "bf16")  # the environment replaces auto, not a forced choice
+    assert models.resolve_precision("auto", "cpu") == "bf16"
+    assert models.resolve_precision("fp32", "cpu") == "fp32"
+    assert models.precision_dtype("auto", "cpu") is torch.bfloat16
+    monkeypatch.setenv(models.PRECISION_ENV, "fp8")
+    with pytest.raises(LongshortError, match="LONGSHORT_PRECISION"):
+        models.resolve_precision("auto", "cpu")
+    with pytest.raises(LongshortError, match="unknown precision"):
+        models.resolve_precision("half-ish", "cpu")
+    with pytest.raises(LongshortError, match="fp16 needs a CUDA GPU"):
+        models.resolve_precision("fp16", "cpu")
+
+
+def test_cpu_bf16_detection_reads_the_cpu_features(monkeypatch):
+    flags = torch.cpu.get_capabilities()
+    assert models.cpu_has_bf16() == bool(flags.get("amx_bf16") or flags.get("avx512_bf16"))
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "avx512_bf16": True})
+    assert models.cpu_has_bf16()
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "amx_bf16": False})
+    assert not models.cpu_has_bf16()
+
+
+def test_load_model_takes_the_auto_precision(monkeypatch):
+    monkeypatch.delenv(models.PRECISION_ENV, raising=False)
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: True)
+    model, _ = models.load_model("tiny-random", device="cpu")
+    assert next(model.parameters()).dtype is torch.bfloat16
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: False)
+    model, _ = models.load_model("tiny-random", device="cpu")
+    assert next(model.parameters()).dtype is torch.float32

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -154,3 +155,23 @@ def test_lora_run_saves_merged_plain_model(tmp_path):
     assert not any("lora" in n for n, _ in model.named_parameters())
     base_params = dict(base.named_parameters())
     assert any(not torch.equal(p, base_params[n]) for n, p in model.named_parameters())
+
+
+def test_bf16_is_mixed_precision_with_fp32_master_weights(tmp_path, monkeypatch):
+    from longshort import models
+    from longshort.training.common import precision_flags
+
+    monkeypatch.delenv(models.PRECISION_ENV, raising=False)
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: True)
+    if not torch.cuda.is_available():
+        assert precision_flags("auto") == {"bf16": True, "fp16": False, "use_cpu": True}
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: False)
+    if not torch.cuda.is_available():
+        assert precision_flags("auto") == {"bf16": False, "fp16": False}
+    assert precision_flags("fp32") == {"bf16": False, "fp16": False}
+    cfg = _config(tmp_path, _write(tmp_path / "long.jsonl", _records()), max_steps=1, precision="bf16")
+    trainer = make_trainer(cfg)
+    assert trainer.args.bf16
+    trainer.train()
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}  # master weights stay fp32
+    assert trainer.state.log_history and math.isfinite(trainer.state.log_history[0]["loss"])

@@ -29,7 +29,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from longshort.errors import LongshortError
 
@@ -416,10 +416,78 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# ----------------------------------------------------------------------------- precision
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISION_ENV = "LONGSHORT_PRECISION"
+PRECISION_HELP = ("auto = bf16 where the device computes it natively (a CUDA GPU with bf16; a CPU with "
+                  "AMX-BF16 or AVX512-BF16), else fp32; $LONGSHORT_PRECISION replaces auto; fp32 | bf16 | "
+                  "fp16 force one. Training in bf16 is mixed precision (fp32 master weights, autocast)")
+_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX-BF16 or AVX512-BF16): torch's CPU feature
+    probe, else the flags in /proc/cpuinfo. Without them bf16 matmuls are emulated and slower
+    than fp32."""
+    try:
+        import torch
+
+        caps = torch.cpu.get_capabilities()
+        return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
+    except (AttributeError, RuntimeError):
+        pass
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision: str | None = "auto", device: Any = None) -> str:
+    """The one place that decides what ``precision: auto`` means (inference and training).
+
+    Returns ``fp32``, ``bf16`` or ``fp16``. ``auto`` (or None) = ``$LONGSHORT_PRECISION`` when
+    set, else bf16 on a CUDA GPU that supports it and on a CPU with native bf16
+    (`cpu_has_bf16`), else fp32. `device` is where the model runs (None: cuda when present).
+    Bit-identical reproducibility is promised in fp32 only.
+    """
+    value = (precision or "auto").strip().lower()
+    if value == "auto":
+        value = (os.environ.get(PRECISION_ENV) or "auto").strip().lower()
+        if value not in _PRECISIONS:
+            raise LongshortError(f"${PRECISION_ENV}={value!r}; use one of {', '.join(_PRECISIONS)}")
+    if value not in _PRECISIONS:
+        raise LongshortError(f"unknown precision {precision!r}; use one of {', '.join(_PRECISIONS)}")
+    cuda = str(device or default_device()).startswith("cuda")
+    if value == "auto":
+        import torch
+
+        if cuda:
+            return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if cpu_has_bf16() else "fp32"
+    if value == "fp16" and not cuda:
+        raise LongshortError("precision fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
+    return value
+
+
+def precision_dtype(precision: str | None = "auto", device: Any = None) -> Any:
+    """The torch dtype of `resolve_precision(precision, device)`."""
+    import torch
+
+    return getattr(torch, _PRECISION_DTYPES[resolve_precision(precision, device)])
+
+
 def load_model(spec: str, *, dtype: Any = None, device: str | None = None) -> tuple[Any, Any]:
     """Load `(model, tokenizer)` for a spec, in eval mode, on `device` (default: cuda if present).
 
-    dtype: None keeps float32 on CPU and uses bfloat16 on CUDA (the usual fast choice)."""
+    dtype: None = `precision_dtype("auto", device)` (bf16 where the device has it natively, else
+    fp32); a dtype, a name (float32, bf16, ...) or "auto" (the checkpoint's own dtype)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -429,7 +497,7 @@ def load_model(spec: str, *, dtype: Any = None, device: str | None = None) -> tu
     where = resolve_model_path(spec)
     dt = _torch_dtype(dtype)
     if dt is None:
-        dt = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        dt = precision_dtype("auto", device)
     try:
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dt)
     except (OSError, ValueError) as exc:

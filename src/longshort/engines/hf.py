@@ -62,8 +62,13 @@ class HFEngineConfig(BaseModel):
         description="Drop finished rows from the batch when at least this fraction of rows has finished "
                     "(0.25: compaction copies the cache, so do it in steps, not per row).")
     device: str | None = Field(None, description="Device for a model loaded from a spec; None = cuda if present.")
-    dtype: str | None = Field(None, description="Dtype for a model loaded from a spec; None = float32 on CPU, "
-                                                "bfloat16 on CUDA.")
+    dtype: str | None = Field(None, description="Dtype for a model loaded from a spec (float32/fp32, bfloat16/bf16, "
+                                                "auto = the checkpoint's); None = `models.resolve_precision('auto')`: "
+                                                "bf16 where the device computes it natively (CUDA with bf16, CPUs "
+                                                "with AMX-BF16/AVX512-BF16), else fp32. Exact reproducibility: fp32.")
+    fp32_logits: bool = Field(True, description="With a bf16/fp16 model loaded from a spec, compute the LM head "
+                                                "in fp32 (an fp32 copy of its weight), so logits and logprobs keep "
+                                                "fp32 precision; the transformer body runs in the low precision.")
 
 
 @dataclass
@@ -91,6 +96,21 @@ class _restore_training:
             self.model.train()
 
 
+def _fp32_head(model: Any) -> None:
+    """Give a half-precision model an fp32 LM head: its own fp32 copy of the weight (untied from
+    the embedding), and the hidden state cast up before it, so the logits are fp32 results."""
+    import torch
+
+    head = model.get_output_embeddings()
+    if head is None or getattr(head, "weight", None) is None or head.weight.dtype == torch.float32:
+        return
+    head.weight = torch.nn.Parameter(head.weight.detach().float(), requires_grad=False)
+    if getattr(head, "bias", None) is not None:
+        head.bias = torch.nn.Parameter(head.bias.detach().float(), requires_grad=False)
+    # cast to the weight's dtype (not fp32 outright): should anything tie the weights back, it still runs
+    head.register_forward_pre_hook(lambda mod, args: (args[0].to(mod.weight.dtype), *args[1:]))
+
+
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
@@ -111,11 +131,11 @@ class HFEngine(Engine):
     def __init__(self, model: Any, tokenizer: Any = None, *, batch_size: int | None = None,
                  token_budget: int | None = None, reuse_prefix: bool = True, device: str | None = None,
                  dtype: Any = None, fast_path: str = "auto", compile: bool | None = None,
-                 config: HFEngineConfig | None = None):
+                 fp32_logits: bool = True, config: HFEngineConfig | None = None):
         cfg = config or HFEngineConfig(
             batch_size=batch_size, token_budget=token_budget, reuse_prefix=reuse_prefix,
             device=device, dtype=None if dtype is None else str(dtype), fast_path=fast_path,
-            compile=compile)
+            compile=compile, fp32_logits=fp32_logits)
         self.config = cfg
         self.spec: str | None = model if isinstance(model, str) else None
         if isinstance(model, str):
@@ -124,6 +144,8 @@ class HFEngine(Engine):
             self.model_name = model
             self.model, tok = load_model(model, dtype=cfg.dtype, device=cfg.device)
             self.tokenizer = tokenizer or tok
+            if cfg.fp32_logits:
+                _fp32_head(self.model)
         else:
             if tokenizer is None:
                 raise LongshortError("HFEngine(model) with an in-memory model needs its tokenizer")

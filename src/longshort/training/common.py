@@ -14,13 +14,13 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from longshort.errors import LongshortError
 from longshort.io import write_json_atomic
+from longshort.models import PRECISION_HELP, Precision  # noqa: F401 - re-exported for sft/rl
 
 DONE_MARKER = "longshort_run.json"
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
@@ -58,13 +58,21 @@ def render_prompt(tokenizer: Any, messages: list[dict[str, str]], assistant_pref
 
 
 def precision_flags(precision: Precision) -> dict[str, bool]:
-    """`bf16`/`fp16` TrainingArguments for a precision choice; ``auto`` = bf16 on a CUDA device
-    that supports it, else fp32 (CPU training in half precision is slow and lossy)."""
+    """`bf16`/`fp16` TrainingArguments for a precision choice, resolved by
+    `longshort.models.resolve_precision` for the device the trainer uses (auto = bf16 on a CUDA
+    GPU with bf16 and on a CPU with AMX-BF16/AVX512-BF16, else fp32). bf16/fp16 is mixed
+    precision: the weights and optimizer state stay fp32 (`load_for_training`), forward and
+    backward run under autocast."""
     import torch
 
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+    from longshort.models import resolve_precision
+
+    cuda = torch.cuda.is_available()
+    chosen = resolve_precision(precision, "cuda" if cuda else "cpu")
+    flags = {"bf16": chosen == "bf16", "fp16": chosen == "fp16"}
+    if flags["bf16"] and not cuda:
+        flags["use_cpu"] = True  # transformers asks for it before it autocasts to bf16 on a CPU
+    return flags
 
 
 def report_targets(report_to: str) -> list[str]:

@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 from longshort.errors import InputError, LongshortError
 from longshort.io import ReadStats, read_jsonl, write_json_atomic
 from longshort.training.common import (
+    PRECISION_HELP,
     Precision,
     barrier,
     is_finished,
@@ -67,7 +68,7 @@ class SFTRunConfig(BaseModel):
     save_steps: int = Field(200, ge=1, description="save a checkpoint every N steps (resume point)")
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept; 2 = the newest plus one in case it is torn")
     logging_steps: int = Field(10, ge=1, description="log loss / lr every N steps")
-    precision: Precision = Field("auto", description="auto = bf16 on a CUDA GPU that has it, else fp32")
+    precision: Precision = Field("auto", description=PRECISION_HELP)
     gradient_checkpointing: bool = Field(False, description="trade compute for memory on long sequences (GPU runs)")
     report_to: str = Field("tensorboard", description="tensorboard (default), wandb, 'tensorboard,wandb' or none")
     resume: bool = Field(False, description="continue from the newest checkpoint in OUT/checkpoints (or skip if finished)")
