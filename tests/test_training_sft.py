@@ -175,3 +175,25 @@ def test_bf16_is_mixed_precision_with_fp32_master_weights(tmp_path, monkeypatch)
     trainer.train()
     assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}  # master weights stay fp32
     assert trainer.state.log_history and math.isfinite(trainer.state.log_history[0]["loss"])
+
+
+def test_examples_over_max_length_are_dropped_and_counted_never_cut(tmp_path, caplog):
+    from longshort.training.sft import build_dataset, tokenize_example
+
+    recs = _records(n=4)
+    recs[1]["completion"] = "<think>\n" + "and then we add once more " * 40 + "\n</think>"
+    tok = load_model("tiny-random", device="cpu")[1]
+    lengths = [len(tokenize_example(tok, r)["input_ids"]) for r in recs]
+    limit = sorted(lengths)[-2]  # the long one is over, every other example fits exactly or under
+    with caplog.at_level("WARNING"):
+        ds, dropped = build_dataset(tok, recs, max_length=limit)
+    assert dropped == 1 and len(ds) == 3
+    assert "dropped 1 of 4 examples longer than max_length" in caplog.text
+    eos = tok.eos_token_id
+    assert all(ex["input_ids"][-1] == eos and len(ex["input_ids"]) <= limit for ex in ds)  # whole, EOS kept
+    with pytest.raises(LongshortError, match="all 4 examples are longer than max_length"):
+        build_dataset(tok, recs, max_length=min(lengths) - 1)
+    cfg = _config(tmp_path, _write(tmp_path / "long.jsonl", recs), max_steps=1, max_length=limit)
+    out = Path(run_sft(cfg))
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert (metrics["examples"], metrics["examples_trained"], metrics["dropped_over_max_length"]) == (4, 3, 1)

@@ -59,7 +59,9 @@ class SFTRunConfig(BaseModel):
     lr: float | None = Field(None, gt=0, description="learning rate; None = 1e-5 full-parameter, 2e-4 LoRA (the usual choices)")
     batch_size: int = Field(4, ge=1, description="examples per device per step; 4 fits a 135M model on CPU")
     grad_accum: int = Field(1, ge=1, description="gradient accumulation steps (effective batch = batch_size * grad_accum * devices)")
-    max_length: int = Field(4096, ge=16, description="tokens per example (prompt + turn); longer ones are cut at the end")
+    max_length: int = Field(4096, ge=16, description="tokens per example (prompt + turn + EOS); longer examples are "
+                                                     "dropped (never cut: a cut turn loses its closing tag and EOS), "
+                                                     "counted in metrics.json and warned about")
     warmup: float = Field(0.03, ge=0, description="linear warmup: a ratio of total steps (<1) or a step count; 3% is usual")
     lora: bool = Field(False, description="train LoRA adapters instead of all weights (merged into the saved model)")
     lora_r: int = Field(16, ge=1, description="LoRA rank; 16 is the common default for 0.1B-8B models")
@@ -140,24 +142,26 @@ def tokenize_example(tokenizer: Any, rec: dict[str, Any], *, add_eos: bool = Tru
 
 
 def build_dataset(tokenizer: Any, records: list[dict[str, Any]], *, max_length: int, add_eos: bool = True):
-    """A `datasets.Dataset` of tokenised examples; examples whose prompt alone fills
-    `max_length` (nothing left to learn) are dropped and counted."""
+    """(a `datasets.Dataset` of tokenised examples, number dropped). An example longer than
+    `max_length` tokens is dropped, never cut: cutting would teach a turn without its closing tag
+    and EOS. Raises when nothing fits."""
     from datasets import Dataset
 
-    ids, masks, dropped = [], [], 0
+    ids, masks, dropped, longest = [], [], 0, 0
     for rec in records:
         ex = tokenize_example(tokenizer, rec, add_eos=add_eos)
-        mask = ex["completion_mask"]
-        if 1 not in mask or mask.index(1) >= max_length:
+        if len(ex["input_ids"]) > max_length:
             dropped += 1
+            longest = max(longest, len(ex["input_ids"]))
             continue
         ids.append(ex["input_ids"])
         masks.append(ex["completion_mask"])
     if not ids:
-        raise LongshortError(f"all {len(records)} examples have prompts longer than max_length={max_length}; "
-                             "raise --max-length")
+        raise LongshortError(f"all {len(records)} examples are longer than max_length={max_length} tokens "
+                             f"(the longest has {longest}); raise --max-length")
     if dropped:
-        log.warning("dropped %d examples whose prompt fills max_length=%d", dropped, max_length)
+        log.warning("dropped %d of %d examples longer than max_length=%d tokens (the longest has %d); "
+                    "raise --max-length to keep them", dropped, len(records), max_length, longest)
     return Dataset.from_dict({"input_ids": ids, "completion_mask": masks}), dropped
 
 
@@ -239,7 +243,9 @@ def run_sft(config: SFTRunConfig) -> str:
     result = trainer.train(resume_from_checkpoint=ckpt if config.resume and ckpt else None)
     save_final(trainer, out, lora=config.lora)
     if is_main_process():
-        metrics = {**result.metrics, "global_step": result.global_step, "examples": len(records), "dropped_long_prompts": trainer._longshort_dropped,
+        metrics = {**result.metrics, "global_step": result.global_step, "examples": len(records),
+                   "examples_trained": len(records) - trainer._longshort_dropped,
+                   "dropped_over_max_length": trainer._longshort_dropped,
                    "wall_s": round(time.time() - started, 2), "resumed_from": ckpt if config.resume else None}
         write_json_atomic(out / "metrics.json", {"metrics": metrics, "log_history": trainer.state.log_history})
         write_done_marker(out, {"stage": "sft", "config": config.model_dump(), "metrics": metrics,
