@@ -134,6 +134,33 @@ def write_done_marker(out_dir: str | os.PathLike, payload: dict[str, Any]) -> No
     write_json_atomic(Path(out_dir) / DONE_MARKER, payload)
 
 
+def release_memory(trainer: Any = None) -> None:
+    """Give back what a finished trainer holds (model, optimizer state, gradients, accelerate's
+    references) so the next stage of the same process does not stack on top of it: drop the
+    trainer's references, collect cycles, empty the CUDA cache and return freed heap pages to the
+    OS (glibc ``malloc_trim``; without it RSS stays at the peak after the tensors are gone)."""
+    import gc
+
+    import torch
+
+    if trainer is not None:
+        accelerator = getattr(trainer, "accelerator", None)
+        if accelerator is not None:
+            accelerator.free_memory()
+        for name in ("model", "model_wrapped", "optimizer", "lr_scheduler", "ref_model"):
+            if hasattr(trainer, name):
+                setattr(trainer, name, None)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def is_main_process() -> bool:
     """True on the rank-0 process (or when not distributed): it alone writes shared files."""
     return int(os.environ.get("RANK", "0")) == 0

@@ -39,6 +39,7 @@ from longshort.training.common import (
     load_for_training,
     manifest,
     precision_flags,
+    release_memory,
     render_prompt,
     report_targets,
     write_done_marker,
@@ -250,4 +251,5 @@ def run_sft(config: SFTRunConfig) -> str:
         write_json_atomic(out / "metrics.json", {"metrics": metrics, "log_history": trainer.state.log_history})
         write_done_marker(out, {"stage": "sft", "config": config.model_dump(), "metrics": metrics,
                                 "manifest": manifest(config.seed)})
+    release_memory(trainer)
     return str(out)
