@@ -8,7 +8,7 @@ from typing import Any
 
 from longshort.io import read_jsonl, write_json_atomic
 from longshort.pipeline.context import Engines, RunContext
-from longshort.pipeline.stages import eval_sets
+from longshort.pipeline.stages import eval_sets, token_counter
 
 
 def final_models(ctx: RunContext) -> dict[str, str]:
@@ -81,10 +81,7 @@ def planted_token_shares(ctx: RunContext) -> dict[str, Any]:
     paths = {k: p for k, p in paths.items() if p.exists()}
     if not paths:
         return out
-    tok = load_tokenizer(ctx.config.models.base)
-
-    def count(text: str) -> int:
-        return len(tok(text, add_special_tokens=False)["input_ids"]) if text else 0
+    count = token_counter(load_tokenizer(ctx.config.models.base))
 
     for label, path in paths.items():
         totals = {"essential": 0, "redundant": 0, "neutral": 0, "summary_and_tags": 0}

@@ -269,7 +269,7 @@ def stage_coldstart(ctx: RunContext) -> dict[str, Any]:
     scored = read_jsonl(ctx.out / "score" / "scored.jsonl")
     with Engines(cfg) as engines:
         engine = engines.get(cfg.models.base) if cfg.coldstart.compressor == "llm" else None
-        tok = engine.count_tokens if engine else _token_counter(load_tokenizer(cfg.models.base))
+        tok = engine.count_tokens if engine else token_counter(load_tokenizer(cfg.models.base))
         long_ex, short_ex, stats = synthesize(scored, cfg.coldstart, engine=engine, count_tokens=tok)
     if not long_ex or not short_ex:
         raise LongshortError(f"cold start produced {len(long_ex)} long and {len(short_ex)} short examples "
@@ -283,7 +283,8 @@ def stage_coldstart(ctx: RunContext) -> dict[str, Any]:
     return {k: stats[k] for k in keep if k in stats}
 
 
-def _token_counter(tokenizer: Any):
+def token_counter(tokenizer: Any):
+    """Tokens of a text under `tokenizer`, no special tokens (cold-start stats, planted token shares)."""
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
 
