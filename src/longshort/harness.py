@@ -32,6 +32,7 @@ from longshort.evaluation.grading import GradingConfig, grade_detail
 from longshort.evaluation.metrics import aes_against, summarize
 from longshort.evaluation.report import render_report
 from longshort.io import ReadStats, ResumableWriter, write_json_atomic, write_text_atomic
+from longshort.rundir import environment_manifest
 
 PASSTHROUGH = ("answer", "choices", "benchmark", "grading", "subject", "level")
 # Fields of config.json that must match when a run directory is resumed.
@@ -73,13 +74,6 @@ class EvalConfig(BaseModel):
     collab: CollabConfig = Field(default_factory=CollabConfig,
                                  description="Solver settings (turns, token limits, temperature).")
     grading: GradingConfig = Field(default_factory=GradingConfig, description="Answer-judging settings.")
-
-
-def environment_manifest(seed: int) -> dict[str, Any]:
-    """The run's environment manifest (one schema for every command: `longshort.rundir`)."""
-    from longshort.rundir import environment_manifest as manifest
-
-    return manifest(seed)
 
 
 def load_run_metrics(run_dir: str | Path) -> dict[str, Any]:

@@ -14,6 +14,13 @@ environment manifest (DESIGN §8), built here and nowhere else. Its schema (vers
     argv          the command line
     started       UTC time, ISO 8601
 
+Where it is written: `eval` in `OUT/metrics.json` under `environment`; `pipeline` as
+`OUT/manifest.json` (the manifest's keys at the top, plus `stages` timings, `peak_rss_mb` and
+`resumed`); `sft` and `rl` in `OUT/longshort_run.json` (and each RL iteration's) under `manifest`.
+Readers take the keys they need and ignore the others, so a key added later (with `SCHEMA` raised)
+leaves older readers working. (Before issue 13 the training marker held an older, flat manifest:
+`python, platform, seed, torch, transformers, trl, accelerate, git_revision, cuda`; nothing reads it.)
+
 `fingerprint(obj)` is the short hash that ties a stage's output to the config it was made with;
 `guard_run_dir(out, resume=..., marker=...)` refuses to write into a directory that holds
 something else (checked before any work starts, so nothing written is damaged).

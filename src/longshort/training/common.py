@@ -1,18 +1,16 @@
 """Pieces shared by SFT and RL: model checks and loading for training, precision, logging
-targets, checkpoint discovery, the run manifest and the "finished" marker of an output dir.
+targets, checkpoint discovery and the "finished" marker of an output dir.
 
 A finished training output is a normal transformers directory (``config.json``, weights,
-tokenizer files) plus ``longshort_run.json`` (resolved config, package versions, metrics);
+tokenizer files) plus ``longshort_run.json`` (resolved config, metrics and, under ``manifest``,
+the environment manifest of `longshort.rundir`, the one schema every run directory records);
 ``longshort_run.json`` is written last, so its presence means the directory is complete.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -108,26 +106,6 @@ def last_checkpoint(ckpt_dir: str | os.PathLike) -> str | None:
 def is_finished(out_dir: str | os.PathLike) -> bool:
     """True when `out_dir` holds a complete, finished model (its marker was written last)."""
     return (Path(out_dir) / DONE_MARKER).exists() and (Path(out_dir) / "config.json").exists()
-
-
-def manifest(seed: int) -> dict[str, Any]:
-    """Package versions, python, platform, seed and git revision, for reproducibility."""
-    import accelerate
-    import torch
-    import transformers
-    import trl
-
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        rev = None
-    return {
-        "python": sys.version.split()[0], "platform": platform.platform(), "seed": seed,
-        "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-        "accelerate": accelerate.__version__, "git_revision": rev,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
 
 
 def write_done_marker(out_dir: str | os.PathLike, payload: dict[str, Any]) -> None:

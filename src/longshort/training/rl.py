@@ -62,6 +62,7 @@ from longshort.engines.base import Engine, GenerationRequest, SamplingParams
 from longshort.engines.hf import sample_tokens
 from longshort.errors import InputError, LongshortError
 from longshort.io import ensure_ids, read_jsonl, write_json_atomic
+from longshort.rundir import environment_manifest
 from longshort.training import rewards as R
 from longshort.training.common import (
     Precision,
@@ -71,7 +72,6 @@ from longshort.training.common import (
     is_main_process,
     last_checkpoint,
     load_for_training,
-    manifest,
     precision_flags,
     render_prompt,
     report_targets,
@@ -901,7 +901,7 @@ def run_rl(config: RLRunConfig, *, reward_funcs: list | None = None,
                 write_json_atomic(it_dir / "metrics.json", {"metrics": metrics,
                                                             "log_history": trainer.state.log_history})
                 write_done_marker(it_dir, {"stage": "rl", "iteration": k, "role": role, "metrics": metrics,
-                                           "config": config.model_dump(), "manifest": manifest(config.seed)})
+                                           "config": config.model_dump(), "manifest": environment_manifest(config.seed)})
             history.append({"iteration": k, "role": role, "dir": str(it_dir), "wall_s": metrics["wall_s"]
                             if is_main_process() else None})
         finally:
@@ -911,7 +911,7 @@ def run_rl(config: RLRunConfig, *, reward_funcs: list | None = None,
         current[role] = str(it_dir)
     if is_main_process():
         write_done_marker(out, {"stage": "rl", "final": current, "iterations": history,
-                                "config": config.model_dump(), "manifest": manifest(config.seed)})
+                                "config": config.model_dump(), "manifest": environment_manifest(config.seed)})
     return str(out)
 
 

@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 
 from longshort.errors import InputError, LongshortError
 from longshort.io import ReadStats, read_jsonl, write_json_atomic
+from longshort.rundir import environment_manifest
 from longshort.training.common import (
     PRECISION_HELP,
     Precision,
@@ -37,7 +38,6 @@ from longshort.training.common import (
     is_main_process,
     last_checkpoint,
     load_for_training,
-    manifest,
     precision_flags,
     release_memory,
     render_prompt,
@@ -250,6 +250,6 @@ def run_sft(config: SFTRunConfig) -> str:
                    "wall_s": round(time.time() - started, 2), "resumed_from": ckpt if config.resume else None}
         write_json_atomic(out / "metrics.json", {"metrics": metrics, "log_history": trainer.state.log_history})
         write_done_marker(out, {"stage": "sft", "config": config.model_dump(), "metrics": metrics,
-                                "manifest": manifest(config.seed)})
+                                "manifest": environment_manifest(config.seed)})
     release_memory(trainer)
     return str(out)
