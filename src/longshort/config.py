@@ -30,7 +30,7 @@ from longshort.thoughts.chunking import ChunkConfig
 from longshort.thoughts.coldstart import ColdStartConfig
 from longshort.thoughts.importance import ImportanceConfig
 from longshort.thoughts.synthetic import SynthConfig
-from longshort.training.rl import RLRunConfig
+from longshort.training.rl_config import RLRunConfig
 from longshort.training.sft import SFTRunConfig
 
 
