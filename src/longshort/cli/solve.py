@@ -48,11 +48,11 @@ def _check_out_file(out: Path, inputs: Path | None, skip_bad: bool = False) -> N
 
 
 def _load_problems(file: Path, skip_bad: bool) -> list[dict[str, Any]]:
-    from longshort.io import ReadStats, ensure_ids, iter_jsonl_numbered
+    from longshort.io import ReadStats, ensure_ids, iter_jsonl
 
     stats = ReadStats()
     records, lines = [], []
-    for line, rec in iter_jsonl_numbered(file, skip_bad=skip_bad, stats=stats):
+    for line, rec in iter_jsonl(file, skip_bad=skip_bad, stats=stats, with_lines=True):
         try:
             _check_problem_record(rec, str(file), line)
         except InputError as exc:

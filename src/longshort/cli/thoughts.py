@@ -152,13 +152,11 @@ def _read_scoring_input(path: Path, skip_bad: bool, stats: ReadStats) -> list[di
     """Chunk records, or raw traces (chunked here with the default chunker and flagged)."""
     from longshort.thoughts.chunking import chunk_records
     from longshort.thoughts.importance import check_answer, validate_scoring_record
-    from longshort.thoughts.ingest import _line_numbers, normalize_trace
+    from longshort.thoughts.ingest import normalize_trace
 
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
-    line_of = _line_numbers(path) if path.exists() and path.is_file() else []
-    for index, rec in enumerate(iter_jsonl(path, skip_bad=skip_bad, stats=stats)):
-        line = line_of[index] if index < len(line_of) else index + 1
+    for index, (line, rec) in enumerate(iter_jsonl(path, skip_bad=skip_bad, stats=stats, with_lines=True)):
         try:
             if "thoughts" in rec:
                 r = dict(rec)
@@ -351,14 +349,14 @@ def coldstart(
     except ValidationError as exc:
         e = exc.errors()[0]
         raise LongshortError(f"bad option --{e['loc'][0]}: {e['msg']}") from None
-    from longshort.io import check_input_file, check_output_dir, iter_jsonl_numbered
+    from longshort.io import check_input_file, check_output_dir
 
     check_input_file(input)
     check_output_dir(out)
     stats = ReadStats()
     records = []
     seen: dict[str, int] = {}
-    for k, rec in iter_jsonl_numbered(input, skip_bad=skip_bad, stats=stats):
+    for k, rec in iter_jsonl(input, skip_bad=skip_bad, stats=stats, with_lines=True):
         try:
             _check_scored_record(rec, str(input), k)
             if str(rec["id"]) in seen:

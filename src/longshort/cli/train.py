@@ -70,12 +70,12 @@ def _check_paths(data: Path, out: Path) -> None:
 
 def _check_problems(data: Path, skip_bad: bool) -> None:
     """The RL problems' fields and types (problem text, answer, ids), before any model loads."""
-    from longshort.io import ReadStats, check_problem_fields, iter_jsonl_numbered
+    from longshort.io import ReadStats, check_problem_fields, iter_jsonl
 
     stats = ReadStats()
     seen: dict[str, int] = {}
     good = 0
-    for line, rec in iter_jsonl_numbered(data, skip_bad=skip_bad, stats=stats):
+    for line, rec in iter_jsonl(data, skip_bad=skip_bad, stats=stats, with_lines=True):
         try:
             check_problem_fields(rec, path=str(data), line=line, answer_required=True)
             if rec.get("id") is not None:

@@ -98,10 +98,8 @@ def load_traces(path: str | os.PathLike, *, skip_bad: bool = False,
     prefix = f"{p.name.split('.')[0]}-"
     out: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
-    # iter_jsonl validates JSON; we need line numbers for field errors, so count lines here.
-    line_of = _line_numbers(p)
-    for index, rec in enumerate(iter_jsonl(p, skip_bad=skip_bad, stats=stats)):
-        line = line_of[index] if index < len(line_of) else None
+    # iter_jsonl validates JSON and gives each record's file line, for the field errors found here
+    for index, (line, rec) in enumerate(iter_jsonl(p, skip_bad=skip_bad, stats=stats, with_lines=True)):
         try:
             norm = normalize_trace(rec, path=str(p), line=line, index=index, id_prefix=prefix)
             if norm["id"] in seen:
@@ -120,13 +118,3 @@ def load_traces(path: str | os.PathLike, *, skip_bad: bool = False,
         raise InputError("no records", path=str(p))
     return out
 
-
-def _line_numbers(p: Path) -> list[int]:
-    """Line numbers (1-based) of the JSON-object lines of a file, in order (skipping blanks
-    and, like iter_jsonl with skip_bad, lines that are bad)."""
-    from longshort.io import ReadStats
-
-    stats = ReadStats()
-    for _ in iter_jsonl(p, skip_bad=True, stats=stats):
-        pass
-    return stats.lines
