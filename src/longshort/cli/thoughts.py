@@ -198,7 +198,11 @@ def score(
     base_url: str | None = typer.Option(None, help="OpenAI-compatible server URL for --engine openai."),
     estimator: str = typer.Option("rollout", help="How acc_i is measured: rollout (sample continuations and "
                                   "grade them, the paper's) | forced (the model's probability of the gold answer "
-                                  "after each prefix, no sampling; transformers engine only)."),
+                                  "after each prefix) | ablation (how much less likely the rest of the trace is "
+                                  "without the thought); forced and ablation sample nothing and need the "
+                                  "transformers engine."),
+    ablation_window: int | None = typer.Option(None, min=1, help="--estimator ablation: tokens after a thought "
+                                               "compared with and without it (default: the config's)."),
     rollouts: int = typer.Option(5, min=1, help="Continuations per prefix (R)."),
     delta: float = typer.Option(0.25, help="Length decay base δ."),
     alpha: float = typer.Option(0.05, help="Confidence level of the Hoeffding bound."),
@@ -226,13 +230,14 @@ def score(
     try:
         cfg = ImportanceConfig(estimator=estimator, rollouts=rollouts, delta=delta, alpha=alpha, metric=metric,
                                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                               seed=seed, max_context=max_context)
+                               seed=seed, max_context=max_context,
+                               **({"ablation_window": ablation_window} if ablation_window else {}))
     except ValidationError as exc:
         raise LongshortError(f"bad option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
     if metric not in METRICS:
         raise LongshortError(f"unknown --metric {metric!r}; known: {', '.join(sorted(METRICS))}")
-    if estimator == "forced" and engine not in ("transformers", "hf"):
-        raise LongshortError(f"--estimator forced reads the model's probabilities, which --engine {engine} cannot "
+    if estimator in ("forced", "ablation") and engine not in ("transformers", "hf"):
+        raise LongshortError(f"--estimator {estimator} reads the model's probabilities, which --engine {engine} cannot "
                              "give; use --engine transformers or --estimator rollout")
     stats = ReadStats()
     records = _read_scoring_input(input, skip_bad, stats)
@@ -327,6 +332,8 @@ def coldstart(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory: sft_long.jsonl, sft_short.jsonl, stats.json."),
     threshold: float | None = typer.Option(None, help="Long iff score >= threshold."),
     ratio: float | None = typer.Option(None, help="Long = top ratio of thoughts by (positive) score."),
+    relative: float = typer.Option(0.25, min=0.0, help="Default rule: long iff score >= RELATIVE x the trace's "
+                                   "mean positive score per thought (0 = every positive score)."),
     compressor: str = typer.Option("extractive", help="drop | extractive | llm."),
     model: str = typer.Option("smollm2-135m", help=MODEL_HELP + " Used by --compressor llm."),
     engine: str = typer.Option("transformers", help="Engine of --compressor llm."),
@@ -344,7 +351,7 @@ def coldstart(
     if threshold is not None and ratio is not None:
         raise LongshortError("give --threshold or --ratio, not both")
     try:
-        cfg = ColdStartConfig(threshold=threshold, ratio=ratio, compressor=compressor,
+        cfg = ColdStartConfig(threshold=threshold, ratio=ratio, relative=relative, compressor=compressor,
                               require_correct=not keep_incorrect, max_long_turns=max_long_turns or None)
     except ValidationError as exc:
         e = exc.errors()[0]

@@ -481,3 +481,13 @@ class HFEngine(Engine):
 
         return branch_logprobs(self.model, self.tokenizer, self.render(request), segments, stems, targets,
                                max_context=max_context or self._context_length(), cache_kw=self._cache_kw)
+
+    def ablation_logprobs(self, request: GenerationRequest, segments: Sequence[str], tail: str = "", *,
+                          window: int | None = 1024, max_context: int | None = None) -> list[Any]:
+        """Per segment, log P(the text after it) with and without it (the `ablation` importance
+        estimator), the text encoded once and each ablation branched off its KV cache
+        (`engines/probe.ablation_logprobs`)."""
+        from longshort.engines.probe import ablation_logprobs
+
+        return ablation_logprobs(self.model, self.tokenizer, self.render(request), segments, tail, window=window,
+                                 max_context=max_context or self._context_length(), cache_kw=self._cache_kw)

@@ -199,3 +199,170 @@ def naive_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequence[s
                 rows.append(row)
             out.append(rows)
     return out
+
+
+# ----------------------------------------------------------------------------- ablation
+
+
+def ablation_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequence[str], tail: str = "", *,
+                      window: int | None = 1024, max_context: int | None = None, chunk_tokens: int = 512,
+                      branch_tokens: int = 1024, cache_kw: str | None = None
+                      ) -> list[tuple[float, float, int] | None]:
+    """How much the rest of a text depends on each segment (the `ablation` importance estimator).
+
+    The text is `prompt + segments[0] + … + segments[n-1] + tail`. For segment i, its *rest* is
+    the text after it (later segments and the tail), at most `window` tokens (None = all). Returns
+    per segment ``(logp_with, logp_without, tokens)``: the log-probability of its rest under
+    teacher forcing with segment i in place and with segment i removed (the rest then follows
+    segment i-1 directly, positions closing the gap), and the number of rest tokens; None where
+    the segment is the last piece with no rest, or does not fit `max_context`.
+
+    Cost: the whole text is encoded once (KV cache; its token log-probabilities give every
+    `logp_with`); each `logp_without` is a *branch* of its rest's tokens appended after the
+    cached text with a 4D mask that hides segment i and everything after it (as the forced probes
+    of `branch_logprobs`), several branches per forward pass (`branch_tokens`). So n segments of
+    a T-token text cost one pass over T tokens plus about n·min(T/2, window) branch tokens,
+    instead of n passes over T tokens. `naive_ablation_logprobs` is the slow reference.
+    """
+    import inspect
+
+    import torch
+    from transformers import DynamicCache
+
+    prompt_ids = _encode(tokenizer, prompt)
+    if not prompt_ids:
+        raise ValueError("ablation_logprobs needs a non-empty prompt")
+    text = list(prompt_ids)
+    bounds = [len(text)]
+    for seg in segments:
+        text.extend(_encode(tokenizer, seg))
+        bounds.append(len(text))
+    text.extend(_encode(tokenizer, tail))
+    L = len(text) if max_context is None else min(len(text), max_context)
+    n = len(segments)
+    rests: list[tuple[int, int] | None] = []   # rest span [a, e) of segment i, in text positions
+    for i in range(n):
+        a = bounds[i + 1]
+        e = L if window is None else min(L, a + window)
+        rests.append((a, e) if bounds[i + 1] <= L and e > a and bounds[i + 1] > bounds[i] else None)
+    out: list[tuple[float, float, int] | None] = [None] * n
+    if not any(rests):
+        return out
+    if cache_kw is None:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+        cache_kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    dev = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    token_lp = [0.0] * L          # token_lp[t] = log P(text[t] | text[:t]) for t >= 1
+    first_lp = [0.0] * n          # log P(first rest token of i | text[:bounds[i]]), segment i removed
+    want = {bounds[i] - 1: [] for i in range(n) if rests[i]}
+    for i in range(n):
+        if rests[i]:
+            want[bounds[i] - 1].append(i)
+    try:
+        with torch.inference_mode():
+            cache = DynamicCache(config=model.config)
+            for s in range(0, L, chunk_tokens):
+                e = min(L, s + chunk_tokens)
+                ids = torch.tensor([text[s:e]], device=dev)
+                pos = torch.arange(s, e, device=dev)[None]
+                logp = model(input_ids=ids, position_ids=pos, use_cache=True,
+                             **{cache_kw: cache}).logits[0].float().log_softmax(-1)
+                nxt = torch.tensor(text[s + 1:e + 1] if e < len(text) else text[s + 1:e] + [0], device=dev)
+                lp = logp.gather(-1, nxt[:, None])[:, 0].tolist()
+                for t in range(s, e - 1 if e == len(text) else e):
+                    if t + 1 < L:
+                        token_lp[t + 1] = lp[t - s]
+                for t in range(s, e):
+                    for i in want.get(t, ()):
+                        first_lp[i] = float(logp[t - s, text[rests[i][0]]])
+            pending = [i for i in range(n) if rests[i]]
+            without = {i: first_lp[i] for i in pending}
+            k = 0
+            while k < len(pending):
+                group, size = [], 0
+                while k < len(pending):
+                    a, e = rests[pending[k]]
+                    if group and size + (e - a - 1) > branch_tokens:
+                        break
+                    group.append(pending[k])
+                    size += e - a - 1
+                    k += 1
+                if size > 0:
+                    _run_ablation_group(model, cache, cache_kw, L, text, bounds, rests, group, without, dev)
+                    cache.crop(L - cache.get_seq_length())
+            for i in pending:
+                a, e = rests[i]
+                out[i] = (float(sum(token_lp[a:e])), float(without[i]), e - a)
+    finally:
+        if was_training:
+            model.train()
+    return out
+
+
+def _run_ablation_group(model: Any, cache: Any, cache_kw: str, L: int, text: list[int], bounds: list[int],
+                        rests: list[tuple[int, int] | None], group: list[int], without: dict[int, float],
+                        dev: Any) -> None:
+    """One forward pass over the branches of `group`: branch i feeds rest tokens a..e-2 of
+    segment i at positions bounds[i].., seeing text[:bounds[i]] and its own earlier tokens; its
+    logits score rest tokens a+1..e-1 (token a is scored from the cached text's logits)."""
+    import torch
+
+    sizes = [rests[i][1] - rests[i][0] - 1 for i in group]
+    G = sum(sizes)
+    dtype = next(model.parameters()).dtype
+    allowed = torch.zeros((G, L + G), dtype=torch.bool)
+    ids: list[int] = []
+    pos: list[int] = []
+    off = 0
+    for i, m in zip(group, sizes, strict=True):
+        a, _ = rests[i]
+        ids.extend(text[a:a + m])
+        pos.extend(range(bounds[i], bounds[i] + m))
+        allowed[off:off + m, :bounds[i]] = True
+        allowed[off:off + m, L + off:L + off + m] = torch.ones((m, m), dtype=torch.bool).tril()
+        off += m
+    mask = torch.zeros((1, 1, G, L + G), dtype=dtype)
+    mask.masked_fill_(~allowed[None, None], torch.finfo(dtype).min)
+    logits = model(input_ids=torch.tensor([ids], device=dev), attention_mask=mask.to(dev),
+                   position_ids=torch.tensor([pos], device=dev), use_cache=True, **{cache_kw: cache}).logits[0]
+    logp = logits.float().log_softmax(-1)
+    off = 0
+    for i, m in zip(group, sizes, strict=True):
+        a, _ = rests[i]
+        nxt = torch.tensor(text[a + 1:a + 1 + m], device=logp.device)
+        without[i] += float(logp[off:off + m].gather(-1, nxt[:, None]).sum())
+        off += m
+
+
+def naive_ablation_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequence[str], tail: str = "",
+                            *, window: int | None = 1024) -> list[tuple[float, float, int] | None]:
+    """The same numbers as `ablation_logprobs`, two full forward passes per segment (with and
+    without it): the reference the fast path is tested against."""
+    import torch
+
+    prompt_ids = _encode(tokenizer, prompt)
+    seg_ids = [_encode(tokenizer, s) for s in segments]
+    tail_ids = _encode(tokenizer, tail)
+    dev = next(model.parameters()).device
+
+    def rest_lp(ids: list[int], start: int, count: int) -> float:
+        x = torch.tensor([ids], device=dev)
+        logp = model(input_ids=x).logits[0].float().log_softmax(-1)
+        return sum(float(logp[t - 1, ids[t]]) for t in range(start, start + count))
+
+    out: list[tuple[float, float, int] | None] = []
+    with torch.inference_mode():
+        for i in range(len(segments)):
+            rest = [t for s in seg_ids[i + 1:] for t in s] + tail_ids
+            if window is not None:
+                rest = rest[:window]
+            if not rest or not seg_ids[i]:
+                out.append(None)
+                continue
+            before = prompt_ids + [t for s in seg_ids[:i] for t in s]
+            with_i = before + seg_ids[i]
+            out.append((rest_lp(with_i + rest, len(with_i), len(rest)),
+                        rest_lp(before + rest, len(before), len(rest)), len(rest)))
+    return out

@@ -55,10 +55,12 @@ DEFAULT_OPENINGS = ("The final answer is \\boxed{", "**Final Answer**\n\\boxed{"
 class ImportanceConfig(BaseModel):
     """Settings of importance scoring (both estimators of the accuracy term)."""
 
-    estimator: Literal["rollout", "forced"] = Field(
+    estimator: Literal["rollout", "forced", "ablation"] = Field(
         "rollout", description="How acc_i is measured: 'rollout' (the paper's: sample R continuations, "
-        "grade their boxed answers) or 'forced' (close the thinking, prefill an answer opening, read the "
-        "model's probability of the gold answer; no sampling, transformers engine only).")
+        "grade their boxed answers), 'forced' (close the thinking, prefill an answer opening, read the "
+        "model's probability of the gold answer; no sampling) or 'ablation' (how much less likely the "
+        "model finds the rest of the trace without the thought: its share of the trace's dependence; no "
+        "sampling). forced and ablation need the transformers engine.")
     rollouts: int = Field(5, ge=1, description="rollout: continuations R per prefix; 5 as in the paper "
                           "(Hoeffding bound 2·d_i·sqrt(ln(4/alpha)/(2R)) ≈ 1.32·d_i at alpha=0.05).")
     delta: float = Field(0.25, gt=0.0, le=1.0, description="Length decay base δ: a thought at the "
@@ -83,6 +85,13 @@ class ImportanceConfig(BaseModel):
         description="forced: answer openings written after '\\n</think>\\n\\n', each ending in "
         "'\\boxed{'; acc_i is the mean over them (two common R1-style phrasings, so no single wording "
         "decides the score). Set them to the scoring model's own answer format when it has one.")
+
+    ablation_window: int | None = Field(
+        256, ge=1, description="ablation: tokens after a thought whose likelihood is compared with and "
+        "without it (None = the whole rest of the response); bounds the cost on long traces.")
+    ablation_tail: bool = Field(True, description="ablation: the rest includes the response after "
+                                "'</think>' (the written answer), so thoughts whose results the answer "
+                                "restates count.")
 
     @field_validator("answer_openings")
     @classmethod
@@ -275,7 +284,8 @@ def plan_trace(engine: Any, record: dict[str, Any], cfg: ImportanceConfig) -> di
     base = _base_prompt_tokens(engine, messages)
     y, Y = token_positions(engine, record)
     ctx = engine_context(engine, cfg)
-    forced = getattr(cfg, "estimator", "rollout") == "forced"
+    estimator = getattr(cfg, "estimator", "rollout")
+    forced = estimator in ("forced", "ablation")  # neither samples
     room = 0 if forced else cfg.max_new_tokens
     last = n
     if ctx is not None:
@@ -287,7 +297,10 @@ def plan_trace(engine: Any, record: dict[str, Any], cfg: ImportanceConfig) -> di
     est_trace = 0 if forced else sum(min(cfg.max_new_tokens, rest[i]) for i in range(last + 1)) * cfg.rollouts
     est_cap = rollouts * cfg.max_new_tokens
     forward = 0
-    if forced and last >= 0:
+    if estimator == "ablation" and last >= 0:
+        window = cfg.ablation_window or Y
+        forward = base + y[last] + 2 * last + sum(min(window, Y - y[i]) for i in range(1, last + 1))
+    elif forced and last >= 0:
         openings = getattr(cfg, "answer_openings", []) or [""]
         probe = sum(_count(engine, o) for o in openings) + len(openings) * (_count(engine, str(record["answer"])) + 8)
         forward = base + y[last] + 2 * last + 4 + (last + 1) * probe
@@ -320,8 +333,8 @@ def plan(records: Sequence[dict[str, Any]], engine: Any, config: ImportanceConfi
         totals["est_trace_tokens"] += p["est_trace"]
         totals["forward_tokens"] += p["forward_tokens"]
         totals["truncated_traces"] += p["last"] < len(p["texts"])
-    if getattr(cfg, "estimator", "rollout") == "forced":
-        totals["estimate_method"] = "forced"
+    if getattr(cfg, "estimator", "rollout") in ("forced", "ablation"):
+        totals["estimate_method"] = cfg.estimator
     elif tokens_per_rollout is not None:
         totals["estimate_method"] = "pilot"
         per = min(float(tokens_per_rollout), float(cfg.max_new_tokens))
@@ -367,8 +380,9 @@ def pilot(records: Sequence[dict[str, Any]], engine: Any, config: ImportanceConf
 def describe_plan(p: dict[str, Any], cfg: ImportanceConfig) -> str:
     """One line for a cost plan (CLI dry run, pipeline before its score stage)."""
     head = f"{p['traces']} trace(s), {p['thoughts']} thoughts, {p['requests']} requests (prefixes)"
-    if p.get("estimate_method") == "forced":
-        return head + f", no rollouts (forced estimator): ~{p['forward_tokens']} tokens encoded, 0 generated"
+    if p.get("estimate_method") in ("forced", "ablation"):
+        return head + (f", no rollouts ({p['estimate_method']} estimator): ~{p['forward_tokens']} tokens "
+                       "encoded, 0 generated")
     how = {"cap": f"every rollout runs to max_new_tokens={cfg.max_new_tokens}",
            "pilot": f"pilot: {p.get('tokens_per_rollout')} tokens per real rollout x rollouts"}[p["estimate_method"]]
     return (head + f" x {cfg.rollouts} = {p['rollouts']} rollouts, ~{p['est_generated_tokens']} generated tokens "
@@ -453,6 +467,63 @@ def forced_accuracies(record: dict[str, Any], engine: Any, cfg: ImportanceConfig
     return acc, info
 
 
+def ablation_accuracies(record: dict[str, Any], engine: Any, cfg: ImportanceConfig
+                        ) -> tuple[list[float | None], dict[str, Any], dict[str, list[Any]]]:
+    """acc_0..acc_n of the `ablation` estimator: the cumulative share of the trace's dependence.
+
+    Thought i's *dependence* D_i (nats) is how much less likely the scoring model finds the text
+    after it (the next `ablation_window` tokens: later thoughts and, with `ablation_tail`, the
+    written answer) when thought i is removed: log P(rest | with i) - log P(rest | without i).
+    A computation whose result later steps use scores high; a re-check, a hesitation or an
+    abandoned idea that nothing later refers to scores near 0 or below. Its share is
+    e_i = D_i / sum_j max(D_j, 0) (scale-free, at most 1), and acc_i = e_1 + ... + e_i, so the
+    metric's e_i = acc_i - acc_{i-1} is the share and the joint formula (× δ^(y/Y)) applies
+    unchanged. A last thought with nothing after it (no `ablation_tail`) gets D = 0.
+    """
+    from longshort.dialogue.protocol import THINK_CLOSE, THINK_OPEN
+    from longshort.engines.base import GenerationRequest
+
+    probe = getattr(engine, "ablation_logprobs", None)
+    if not callable(probe):
+        raise LongshortError(
+            f"importance estimator 'ablation' reads the model's log-probabilities of the trace, which the "
+            f"{getattr(engine, 'name', type(engine).__name__)!r} engine cannot give; use the transformers "
+            "engine (--engine transformers) or --estimator rollout")
+    texts = [t["text"] for t in record["thoughts"]]
+    segments = [("\n\n" if k else "") + t for k, t in enumerate(texts)]
+    tail = "\n" + THINK_CLOSE + "\n\n" + _after_thinking(record) if cfg.ablation_tail else ""
+    request = GenerationRequest(messages=_messages(record["problem"]), assistant_prefix=THINK_OPEN + "\n")
+    rows = probe(request, segments, tail, window=cfg.ablation_window, max_context=engine_context(engine, cfg))
+    n = len(texts)
+    dep: list[float | None] = [None] * (n + 1)
+    rest: list[int | None] = [None] * (n + 1)
+    for i, row in enumerate(rows, start=1):
+        if row is not None:
+            dep[i], rest[i] = row[0] - row[1], row[2]
+        elif i == n:
+            dep[i], rest[i] = 0.0, 0
+    mass = sum(max(d, 0.0) for d in dep if d is not None)
+    acc: list[float | None] = [0.0] + [None] * n
+    for i in range(1, n + 1):
+        if dep[i] is None or acc[i - 1] is None:
+            break
+        acc[i] = acc[i - 1] + (dep[i] / mass if mass > 0 else 0.0)
+    info = {"ablation_window": cfg.ablation_window, "ablation_tail": cfg.ablation_tail,
+            "dependence_mass": round(mass, 4), "num_rollouts": 0, "generated_tokens": 0}
+    return acc, info, {"dependence": dep, "rest_tokens": rest}
+
+
+def _after_thinking(record: dict[str, Any]) -> str:
+    """The response after its thinking block ('' when there is none)."""
+    from longshort.dialogue.protocol import THINK_CLOSE
+
+    after = record.get("after")
+    if isinstance(after, str):
+        return after
+    response = str(record.get("response", ""))
+    return response.split(THINK_CLOSE, 1)[1].strip() if THINK_CLOSE in response else ""
+
+
 def _rollout_accuracies(record: dict[str, Any], engine: Any, cfg: ImportanceConfig, grader: Callable[..., bool],
                         progress: bool) -> tuple[list[float | None], dict[str, Any], dict[str, list[Any]]]:
     from longshort.engines.base import GenerationRequest, SamplingParams
@@ -501,6 +572,8 @@ def score_record(record: dict[str, Any], engine: Any, config: ImportanceConfig |
     per_prefix: dict[str, list[Any]] = {}
     if cfg.estimator == "forced":
         acc, info = forced_accuracies(record, engine, cfg)
+    elif cfg.estimator == "ablation":
+        acc, info, per_prefix = ablation_accuracies(record, engine, cfg)
     else:
         if grader is None:
             from longshort.evaluation.grading import grade as grader
@@ -518,7 +591,7 @@ def score_record(record: dict[str, Any], engine: Any, config: ImportanceConfig |
     out.update(thoughts=thoughts, flags=list(dict.fromkeys(flags)), importance={
         "estimator": cfg.estimator, "model": getattr(engine, "model_name", ""), "metric": cfg.metric,
         "delta": cfg.delta, "acc0": acc[0], "acc_full": acc[n], "Y": Y, "scored_thoughts": max(0, scored),
-        **({"unfinished0": per_prefix["unfinished"][0]} if per_prefix else {}), **info})
+        **({"unfinished0": per_prefix["unfinished"][0]} if "unfinished" in per_prefix else {}), **info})
     return out
 
 
