@@ -82,11 +82,12 @@ def test_turn_order_batching_ending_rules_and_token_accounting():
         "a": ["\nplan: add two and three\n</think> ignored", "\n2 + 3 = 5 \\boxed{5}\n</answer> junk"],
         # hands back once, then finishes
         "b": [" hard step </think>", " not sure </rethink>", " redo it: 5 </think>", " \\boxed{5} </answer>"],
-        # the first long turn hits its token limit: the dialogue ends there
+        # the first long turn hits its token limit: with long_limit="stop" the dialogue ends there
         "c": [" " + "word " * 30],
     }
     eng = ScriptedEngine(scripts)
-    recs = {r["id"]: r for r in iter_solve(problems("a", "b", "c"), long_engine=eng, config=CFG)}
+    stop = CFG.model_copy(update={"long_limit": "stop"})
+    recs = {r["id"]: r for r in iter_solve(problems("a", "b", "c"), long_engine=eng, config=stop)}
 
     # One generate call per role step, holding every dialogue waiting on that role.
     assert [[c[0] for c in call] for call in eng.calls] == [["a", "b", "c"], ["a", "b"], ["b"], ["b"]]
@@ -124,6 +125,18 @@ def test_turn_order_batching_ending_rules_and_token_accounting():
     assert c["prompt_tokens"]["short"] == 0 and c["prompt_tokens"]["long"] > 0
     # Records come out as dialogues finish: c (first step), a (second), b (last).
     assert list(recs) == ["c", "a", "b"]
+
+
+def test_a_long_turn_cut_at_its_limit_hands_back_by_default():
+    scripts = {"c": [" " + "word " * 30, " so 5 \\boxed{5} </answer>"],
+               "d": [" ok </think>", " " + "word " * 30]}  # a short turn at its limit still ends the dialogue
+    eng = ScriptedEngine(scripts)
+    recs = {r["id"]: r for r in iter_solve(problems("c", "d"), long_engine=eng, config=CFG)}
+    c, d = recs["c"], recs["d"]
+    assert [t["role"] for t in c["turns"]] == ["long", "short"] and c["end_reason"] == "answer"
+    assert c["turns"][0]["text"].endswith("</think>") and P.FLAG_TRUNCATED in c["turns"][0]["flags"]
+    assert c["finished"] and c["final_answer"] == "5" and "token_limit" not in c["flags"]
+    assert d["end_reason"] == "token_limit" and not d["finished"] and d["num_turns"] == 2
 
 
 def test_max_turns_and_grading_on_last_boxed_seen():

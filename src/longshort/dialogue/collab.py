@@ -67,7 +67,12 @@ class CollabConfig(BaseModel):
                              "few think/hand-back cycles while bounding the cost).")
     max_new_tokens_long: int = Field(
         1024, ge=1, description="Token limit of one long turn (1024: the long model writes the hard "
-                                "steps in detail; a turn that hits it ends the dialogue).")
+                                "steps in detail; what happens at it: `long_limit`).")
+    long_limit: Literal["hand_back", "stop"] = Field(
+        "hand_back", description="A long turn that hits its token limit: 'hand_back' closes it (the "
+                                 "missing </think> is repaired, the turn flagged 'truncated') and the short "
+                                 "model takes over, as a thinking budget does; 'stop' ends the dialogue "
+                                 "there (end_reason token_limit). A short turn at its limit always ends it.")
     max_new_tokens_short: int = Field(
         512, ge=1, description="Token limit of one short turn (512: short turns are meant to be concise; "
                                "half the long limit).")
@@ -198,21 +203,40 @@ def _make_record(d: _Dialogue, mode: str) -> dict[str, Any]:
     return rec
 
 
+def after_turn(turn: Turn, long_turns: int, config: CollabConfig) -> tuple[Role | None, str | None]:
+    """The ending rules of a collaborative dialogue (DESIGN §4) after `turn`, with `long_turns`
+    long turns so far: ``(next role, None)`` or ``(None, end reason)``. The one home of these
+    rules: the solver and the RL rollout both use it.
+
+    >>> cfg = CollabConfig(max_turns=2)
+    >>> cut = Turn(role="long", text="<think>a</think>", finish_reason="length")
+    >>> after_turn(cut, 1, cfg), after_turn(cut, 1, CollabConfig(long_limit="stop"))
+    (('short', None), (None, 'token_limit'))
+    >>> after_turn(Turn(role="short", text="<answer>b</rethink>"), 2, cfg)
+    (None, 'max_turns')
+    """
+    if turn.finish_reason == "length" and (turn.role == "short" or config.long_limit == "stop"):
+        return None, "token_limit"
+    if turn.role == "long":
+        return "short", None
+    if turn.final:
+        return None, "answer"
+    if long_turns >= config.max_turns:
+        return None, "max_turns"
+    return "long", None
+
+
 def _advance(d: _Dialogue, turn: Turn, mode: str, config: CollabConfig) -> None:
     """Apply the ending rules after `turn`; set `next_role` or `end_reason`."""
     d.turns.append(turn)
     if mode != "collab":
         d.end_reason = "token_limit" if turn.finish_reason == "length" else "answer"
-    elif turn.finish_reason == "length":
-        d.end_reason = "token_limit"
-    elif turn.role == "long":
-        d.next_role = "short"
-    elif turn.final:
-        d.end_reason = "answer"
-    elif d.long_turns >= config.max_turns:
-        d.end_reason = "max_turns"
+        return
+    role, end = after_turn(turn, d.long_turns, config)
+    if end is not None:
+        d.end_reason = end
     else:
-        d.next_role = "long"
+        d.next_role = role
 
 
 def turn_stops(role: Role, config: CollabConfig, mode: str = "collab") -> list[str]:

@@ -33,7 +33,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from longshort.dialogue.collab import CollabConfig, turn_limit, turn_stops
+from longshort.dialogue.collab import CollabConfig, after_turn, turn_limit, turn_stops
 from longshort.dialogue.protocol import (
     OPEN_TAGS,
     Role,
@@ -107,16 +107,11 @@ class DialogueRollout:
     def _advance(self, d: _Dialogue, turn: Turn) -> None:
         """The ending rules of DESIGN §4 (as in `dialogue.collab`)."""
         d.turns.append(turn)
-        if turn.finish_reason == "length":
-            d.end_reason = "token_limit"
-        elif turn.role == "long":
-            d.next_role = "short"
-        elif turn.final:
-            d.end_reason = "answer"
-        elif d.long_turns >= self.config.max_turns:
-            d.end_reason = "max_turns"
+        role, end = after_turn(turn, d.long_turns, self.config)
+        if end is not None:
+            d.end_reason = end
         else:
-            d.next_role = "long"
+            d.next_role = role
 
     def _append_env(self, d: _Dialogue, tokenizer: Any, want: str) -> None:
         """Bring the sequence up to the assistant text `want` with environment tokens."""
