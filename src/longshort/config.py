@@ -139,9 +139,13 @@ class QualityConfig(_Strict):
 
     gold_boundaries: bool = Field(True, description="also score the planted traces with their gold "
                                   "boundaries, separating chunking error from scoring error")
-    compare_traces: int = Field(0, ge=0, description="score the first N traces with the other estimator too "
-                                "(rollout vs forced), for its AUROC and the rank agreement; 0 = off (rollouts "
+    gold_traces: int | None = Field(None, ge=1, description="score only the first N planted traces with "
+                                    "the gold boundaries (None = all)")
+    compare_traces: int = Field(0, ge=0, description="score the first N traces with a second estimator too "
+                                "(`compare_estimator`), for its AUROC and the rank agreement; 0 = off (rollouts "
                                 "are costly on CPU)")
+    compare_estimator: Literal["rollout", "forced", "ablation"] | None = Field(
+        None, description="the second estimator; None = rollout, or forced when the main one is rollout")
 
 
 class ReportConfig(_Strict):

@@ -146,7 +146,8 @@ def _thoughts(ctx: RunContext, m: dict[str, Any]) -> list[str]:
                      "0.5 = chance)")
     ag = im.get("auroc_gold_boundaries")
     if ag:
-        lines.append(f"- the same estimator on the gold boundaries: AUROC {_f3(ag.get('auroc'))}")
+        lines.append(f"- the same estimator on the gold boundaries: AUROC {_f3(ag.get('auroc'))} "
+                     f"({ag.get('essential')} essential, {ag.get('redundant')} redundant)")
     cmp = im.get("compare")
     if cmp:
         lines.append(f"- on the first {cmp['traces']} traces, the `{cmp['estimator']}` estimator: AUROC "

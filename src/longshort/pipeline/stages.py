@@ -208,12 +208,12 @@ def stage_score(ctx: RunContext) -> dict[str, Any]:
         if planted and q.gold_boundaries and cfg.chunk.method != "gold":
             from longshort.thoughts.chunking import ChunkConfig, chunk_records
 
-            gold = chunk_records([r for r in read_jsonl(ctx.out / "data" / "traces.jsonl") if r.get("gold_thoughts")],
-                                 ChunkConfig(method="gold"))
+            planted_traces = [r for r in read_jsonl(ctx.out / "data" / "traces.jsonl") if r.get("gold_thoughts")]
+            gold = chunk_records(planted_traces[: q.gold_traces], ChunkConfig(method="gold"))
             summary["auroc_gold_boundaries"] = importance_auroc(_score_file(gold, d / "scored_gold.jsonl", engine,
                                                                             cfg.score))
         if planted and q.compare_traces:
-            other = "forced" if estimator == "rollout" else "rollout"
+            other = q.compare_estimator or ("forced" if estimator == "rollout" else "rollout")
             other_cfg = cfg.score.model_copy(update={"estimator": other})
             subset = records[: q.compare_traces]
             compared = _score_file(subset, d / f"scored_{other}.jsonl", engine, other_cfg)
