@@ -84,7 +84,6 @@ def branch_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequence[
     `cache_kw`: the forward argument taking the KV cache (None = `cache` where the model's forward
     has it, as in transformers 5, else `past_key_values`).
     """
-    import inspect
 
     import torch
     from transformers import DynamicCache
@@ -98,20 +97,14 @@ def branch_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequence[
     target_ids = [_encode(tokenizer, t) for t in targets]
     if any(not s for s in stem_ids) or any(not t for t in target_ids):
         raise ValueError("every stem and target must encode to at least one token")
-    text = list(prompt_ids)
-    bounds = [len(text)]
-    for seg in segments:
-        text.extend(_encode(tokenizer, seg))
-        bounds.append(len(text))
+    text, bounds = _encode_segments(tokenizer, prompt_ids, segments)
     probe_len = max(len(s) for s in stem_ids) + max(len(t) for t in target_ids)
     fits = [max_context is None or b + probe_len <= max_context for b in bounds]
     out: list[list[list[float]] | None] = [None] * len(bounds)
     if not any(fits):
         return out
     L = max(b for b, ok in zip(bounds, fits, strict=True) if ok)
-    if cache_kw is None:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
-        cache_kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    cache_kw = cache_kw or _cache_kw(model)
     dev = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -204,6 +197,25 @@ def naive_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequence[s
 # ----------------------------------------------------------------------------- ablation
 
 
+def _cache_kw(model: Any) -> str:
+    """The forward keyword of the KV cache: 'cache' in newer transformers, else 'past_key_values'."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _encode_segments(tokenizer: Any, prompt_ids: list[int], segments: Sequence[str]) -> tuple[list[int], list[int]]:
+    """The prompt's tokens then each segment's, encoded once; `bounds[i]` is where segment i
+    starts (`bounds[-1]` the end)."""
+    text = list(prompt_ids)
+    bounds = [len(text)]
+    for seg in segments:
+        text.extend(_encode(tokenizer, seg))
+        bounds.append(len(text))
+    return text, bounds
+
+
 def ablation_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequence[str], tail: str = "", *,
                       window: int | None = 1024, max_context: int | None = None, chunk_tokens: int = 512,
                       branch_tokens: int = 1024, cache_kw: str | None = None
@@ -224,7 +236,6 @@ def ablation_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequenc
     a T-token text cost one pass over T tokens plus about n·min(T/2, window) branch tokens,
     instead of n passes over T tokens. `naive_ablation_logprobs` is the slow reference.
     """
-    import inspect
 
     import torch
     from transformers import DynamicCache
@@ -232,11 +243,7 @@ def ablation_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequenc
     prompt_ids = _encode(tokenizer, prompt)
     if not prompt_ids:
         raise ValueError("ablation_logprobs needs a non-empty prompt")
-    text = list(prompt_ids)
-    bounds = [len(text)]
-    for seg in segments:
-        text.extend(_encode(tokenizer, seg))
-        bounds.append(len(text))
+    text, bounds = _encode_segments(tokenizer, prompt_ids, segments)
     text.extend(_encode(tokenizer, tail))
     L = len(text) if max_context is None else min(len(text), max_context)
     n = len(segments)
@@ -248,9 +255,7 @@ def ablation_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequenc
     out: list[tuple[float, float, int] | None] = [None] * n
     if not any(rests):
         return out
-    if cache_kw is None:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
-        cache_kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    cache_kw = cache_kw or _cache_kw(model)
     dev = next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -442,14 +442,8 @@ def forced_accuracies(record: dict[str, Any], engine: Any, cfg: ImportanceConfig
     from longshort.dialogue.protocol import THINK_CLOSE, THINK_OPEN
     from longshort.engines.base import GenerationRequest
 
-    probe = getattr(engine, "branch_logprobs", None)
-    if not callable(probe):
-        raise LongshortError(
-            f"importance estimator 'forced' reads the model's probability of the gold answer, which the "
-            f"{getattr(engine, 'name', type(engine).__name__)!r} engine cannot give; use the transformers "
-            "engine (--engine transformers) or --estimator rollout")
-    texts = [t["text"] for t in record["thoughts"]]
-    segments = [("\n\n" if k else "") + t for k, t in enumerate(texts)]
+    probe = _probe_method(engine, "branch_logprobs", "forced", "the model's probability of the gold answer")
+    texts, segments = _segments(record)
     stems = ["\n" + THINK_CLOSE + "\n\n" + o for o in cfg.answer_openings]
     targets = answer_targets(str(record["answer"]))
     request = GenerationRequest(messages=_messages(record["problem"]), assistant_prefix=THINK_OPEN + "\n")
@@ -483,14 +477,8 @@ def ablation_accuracies(record: dict[str, Any], engine: Any, cfg: ImportanceConf
     from longshort.dialogue.protocol import THINK_CLOSE, THINK_OPEN
     from longshort.engines.base import GenerationRequest
 
-    probe = getattr(engine, "ablation_logprobs", None)
-    if not callable(probe):
-        raise LongshortError(
-            f"importance estimator 'ablation' reads the model's log-probabilities of the trace, which the "
-            f"{getattr(engine, 'name', type(engine).__name__)!r} engine cannot give; use the transformers "
-            "engine (--engine transformers) or --estimator rollout")
-    texts = [t["text"] for t in record["thoughts"]]
-    segments = [("\n\n" if k else "") + t for k, t in enumerate(texts)]
+    probe = _probe_method(engine, "ablation_logprobs", "ablation", "the model's log-probabilities of the trace")
+    texts, segments = _segments(record)
     tail = "\n" + THINK_CLOSE + "\n\n" + _after_thinking(record) if cfg.ablation_tail else ""
     request = GenerationRequest(messages=_messages(record["problem"]), assistant_prefix=THINK_OPEN + "\n")
     rows = probe(request, segments, tail, window=cfg.ablation_window, max_context=engine_context(engine, cfg))
@@ -511,6 +499,23 @@ def ablation_accuracies(record: dict[str, Any], engine: Any, cfg: ImportanceConf
     info = {"ablation_window": cfg.ablation_window, "ablation_tail": cfg.ablation_tail,
             "dependence_mass": round(mass, 4), "num_rollouts": 0, "generated_tokens": 0}
     return acc, info, {"dependence": dep, "rest_tokens": rest}
+
+
+def _probe_method(engine: Any, method: str, estimator: str, reads: str) -> Callable[..., Any]:
+    """The engine's probability method an estimator needs, or one clear error naming both."""
+    probe = getattr(engine, method, None)
+    if not callable(probe):
+        raise LongshortError(
+            f"importance estimator {estimator!r} reads {reads}, which the "
+            f"{getattr(engine, 'name', type(engine).__name__)!r} engine cannot give; use the transformers "
+            "engine (--engine transformers) or --estimator rollout")
+    return probe
+
+
+def _segments(record: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The thoughts' texts and the segments they are in the response (blank lines between)."""
+    texts = [t["text"] for t in record["thoughts"]]
+    return texts, [("\n\n" if k else "") + t for k, t in enumerate(texts)]
 
 
 def _after_thinking(record: dict[str, Any]) -> str:
