@@ -332,8 +332,9 @@ def coldstart(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory: sft_long.jsonl, sft_short.jsonl, stats.json."),
     threshold: float | None = typer.Option(None, help="Long iff score >= threshold."),
     ratio: float | None = typer.Option(None, help="Long = top ratio of thoughts by (positive) score."),
-    relative: float = typer.Option(0.25, min=0.0, help="Default rule: long iff score >= RELATIVE x the trace's "
-                                   "mean positive score per thought (0 = every positive score)."),
+    relative: float | None = typer.Option(None, min=0.0, help="Default rule: long iff score >= RELATIVE x the "
+                                          "trace's mean positive score per thought (0 = every positive score; "
+                                          "default: the config's)."),
     compressor: str = typer.Option("extractive", help="drop | extractive | llm."),
     model: str = typer.Option("smollm2-135m", help=MODEL_HELP + " Used by --compressor llm."),
     engine: str = typer.Option("transformers", help="Engine of --compressor llm."),
@@ -351,8 +352,9 @@ def coldstart(
     if threshold is not None and ratio is not None:
         raise LongshortError("give --threshold or --ratio, not both")
     try:
-        cfg = ColdStartConfig(threshold=threshold, ratio=ratio, relative=relative, compressor=compressor,
-                              require_correct=not keep_incorrect, max_long_turns=max_long_turns or None)
+        cfg = ColdStartConfig(threshold=threshold, ratio=ratio, compressor=compressor,
+                              require_correct=not keep_incorrect, max_long_turns=max_long_turns or None,
+                              **({"relative": relative} if relative is not None else {}))
     except ValidationError as exc:
         e = exc.errors()[0]
         raise LongshortError(f"bad option --{e['loc'][0]}: {e['msg']}") from None

@@ -53,6 +53,25 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
 
+def _cache_kw(model: Any) -> str:
+    """The forward keyword of the KV cache: 'cache' in newer transformers, else 'past_key_values'."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _encode_segments(tokenizer: Any, prompt_ids: list[int], segments: Sequence[str]) -> tuple[list[int], list[int]]:
+    """The prompt's tokens then each segment's, encoded once; `bounds[i]` is where segment i
+    starts (`bounds[-1]` the end)."""
+    text = list(prompt_ids)
+    bounds = [len(text)]
+    for seg in segments:
+        text.extend(_encode(tokenizer, seg))
+        bounds.append(len(text))
+    return text, bounds
+
+
 def _block(boundary: int, row: int, s: int, stem: list[int], targets: list[list[int]]) -> _Block:
     tokens = list(stem)
     local = [list(range(k + 1)) for k in range(len(stem))]
@@ -195,25 +214,6 @@ def naive_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequence[s
 
 
 # ----------------------------------------------------------------------------- ablation
-
-
-def _cache_kw(model: Any) -> str:
-    """The forward keyword of the KV cache: 'cache' in newer transformers, else 'past_key_values'."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-
-def _encode_segments(tokenizer: Any, prompt_ids: list[int], segments: Sequence[str]) -> tuple[list[int], list[int]]:
-    """The prompt's tokens then each segment's, encoded once; `bounds[i]` is where segment i
-    starts (`bounds[-1]` the end)."""
-    text = list(prompt_ids)
-    bounds = [len(text)]
-    for seg in segments:
-        text.extend(_encode(tokenizer, seg))
-        bounds.append(len(text))
-    return text, bounds
 
 
 def ablation_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequence[str], tail: str = "", *,

@@ -64,9 +64,9 @@ class ColdStartConfig(BaseModel):
                                     "overrides `relative`); None = `ratio`, else `relative`.")
     relative: float = Field(0.25, ge=0.0, description="Default rule: long iff score > 0 and score ≥ "
                             "relative × the trace's mean positive score per thought (Σ max(score,0)/n). "
-                            "0 = every positive score. 0.25: measured on planted traces (ablation "
-                            "scores, gold and segment boundaries), essential → long and redundant → "
-                            "short both ≥ 0.85 (docs/thoughts.md).")
+                            "0 = every positive score. 0.25: on planted traces scored by ablation, "
+                            "essential → long and redundant → short about 0.8 to 0.95 each "
+                            "(docs/thoughts.md has the measurements).")
     ratio: float | None = Field(None, gt=0.0, le=1.0, description="Long = the top ratio of thoughts "
                                 "by score (positive scores only); None = not used.")
     compressor: Literal["drop", "extractive", "llm"] = Field("extractive", description="How short "
