@@ -9,7 +9,7 @@ from longshort.engines.base import Engine
 from longshort.engines.probe import ablation_logprobs, naive_ablation_logprobs
 from longshort.errors import LongshortError
 from longshort.thoughts.chunking import ChunkConfig, chunk_records
-from longshort.thoughts.importance import ImportanceConfig, plan, score_record
+from longshort.thoughts.importance import MATH_TOKENS, ImportanceConfig, plan, score_record
 from longshort.thoughts.synthetic import SynthConfig, generate
 
 
@@ -56,14 +56,38 @@ def test_branches_equal_two_full_passes_per_segment(tiny, window):
     assert via[2][1] == pytest.approx(fast[2][1], abs=1e-3)
 
 
-def test_no_rest_and_past_the_context_are_none(tiny):
+def test_counting_only_the_math_tokens(tiny):
+    prompt = tiny.render(_request())
+    mask = tiny.vocab_mask(MATH_TOKENS)
+    assert mask is tiny.vocab_mask(MATH_TOKENS)  # computed once per pattern
+    ids = tiny.tokenizer(" 3 + 4 = 14 apples **Final", add_special_tokens=False).input_ids
+    marked = {tiny.tokenizer.decode([i]) for i in ids if mask[i]}
+    assert {"apples", " apples", "**", "Final"}.isdisjoint(marked) and any("4" in m for m in marked)
+    fast = ablation_logprobs(tiny.model, tiny.tokenizer, prompt, SEGMENTS, TAIL, window=12, chunk_tokens=7,
+                             branch_tokens=9, counted=mask)
+    slow = naive_ablation_logprobs(tiny.model, tiny.tokenizer, prompt, SEGMENTS, TAIL, window=12, counted=mask)
+    every = ablation_logprobs(tiny.model, tiny.tokenizer, prompt, SEGMENTS, TAIL, window=12)
+    for f, s, a in zip(fast, slow, every, strict=True):
+        assert f[2] == s[2] and 0 < f[2] < a[2]  # fewer tokens count, the same ones in both paths
+        assert f[0] == pytest.approx(s[0], abs=1e-3) and f[1] == pytest.approx(s[1], abs=1e-3)
+        assert f[0] > a[0]  # a sum over fewer (negative) log-probabilities
+    via = tiny.ablation_logprobs(_request(), SEGMENTS, TAIL, window=12, count_pattern=MATH_TOKENS)
+    assert [v[2] for v in via] == [f[2] for f in fast]
+
+
+def test_no_rest_is_zero_and_past_the_context_is_none(tiny):
     prompt = tiny.render(_request())
     out = ablation_logprobs(tiny.model, tiny.tokenizer, prompt, SEGMENTS, "", window=None)
-    assert out[-1] is None and all(o is not None for o in out[:-1])  # the last segment has no rest
+    assert out[-1] == (0.0, 0.0, 0) and all(o[2] > 0 for o in out[:-1])  # the last segment has no rest
+    assert naive_ablation_logprobs(tiny.model, tiny.tokenizer, prompt, SEGMENTS, "", window=None)[-1] == (0.0, 0.0, 0)
     n_prompt = tiny.count_tokens(prompt)
     first_two = tiny.count_tokens(SEGMENTS[0] + SEGMENTS[1])
     cut = ablation_logprobs(tiny.model, tiny.tokenizer, prompt, SEGMENTS, TAIL, max_context=n_prompt + first_two + 2)
     assert cut[0] is not None and cut[2:] == [None] * 3
+    # the context ends exactly after the last segment: its rest (the tail) is cut, not absent
+    whole = tiny.count_tokens(prompt + "".join(SEGMENTS))
+    end = ablation_logprobs(tiny.model, tiny.tokenizer, prompt, SEGMENTS, TAIL, max_context=whole)
+    assert end[-1] is None and end[-2] is not None
     with pytest.raises(ValueError, match="prompt"):
         ablation_logprobs(tiny.model, tiny.tokenizer, "", SEGMENTS)
 
@@ -83,9 +107,9 @@ class TableEngine(Engine):
     def count_tokens(self, text):
         return len(text.split())
 
-    def ablation_logprobs(self, request, segments, tail="", *, window=None, max_context=None):
-        self.calls.append((request, list(segments), tail, window))
-        return [(-10.0, -10.0 - d, 7) for d in self.dep] + [None]
+    def ablation_logprobs(self, request, segments, tail="", *, window=None, max_context=None, count_pattern=None):
+        self.calls.append((request, list(segments), tail, window, count_pattern))
+        return [(-10.0, -10.0 - d, 7) for d in self.dep] + [(0.0, 0.0, 0)]
 
 
 def _record():
@@ -99,7 +123,8 @@ def _record():
 def test_shares_of_the_dependence():
     eng = TableEngine([1.0, 6.0, -2.0])  # the last thought has no rest: D = 0
     out = score_record(_record(), eng, ImportanceConfig(estimator="ablation", delta=0.25, ablation_window=64))
-    (request, segments, tail, window), = eng.calls  # one call for the whole trace
+    (request, segments, tail, window, pattern), = eng.calls  # one call for the whole trace
+    assert pattern == MATH_TOKENS  # the default counts the rest's math tokens
     assert request.assistant_prefix == "<think>\n" and request.messages[1]["content"].startswith("Omar")
     assert segments[0] == "Okay, I need the total." and segments[1] == "\n\nFirst, 9 + 10 = 19."
     assert tail == "\n</think>\n\nThe answer is \\boxed{19}." and window == 64
@@ -112,8 +137,8 @@ def test_shares_of_the_dependence():
     assert imp["estimator"] == "ablation" and imp["num_rollouts"] == 0 and imp["generated_tokens"] == 0
     assert imp["dependence_mass"] == pytest.approx(7.0) and imp["acc0"] == 0.0
     # without the written answer in the rest
-    score_record(_record(), eng, ImportanceConfig(estimator="ablation", ablation_tail=False))
-    assert eng.calls[-1][2] == ""
+    score_record(_record(), eng, ImportanceConfig(estimator="ablation", ablation_tail=False, ablation_tokens="all"))
+    assert eng.calls[-1][2] == "" and eng.calls[-1][4] is None
     # the plan samples nothing
     p = plan([_record()], eng, ImportanceConfig(estimator="ablation"))
     assert p["est_generated_tokens"] == 0 and p["rollouts"] == 0

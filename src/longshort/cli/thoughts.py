@@ -203,6 +203,8 @@ def score(
                                   "transformers engine."),
     ablation_window: int | None = typer.Option(None, min=1, help="--estimator ablation: tokens after a thought "
                                                "compared with and without it (default: the config's)."),
+    ablation_tokens: str | None = typer.Option(None, help="--estimator ablation: which rest tokens count: math "
+                                               "(digits and operators) | all (default: the config's, math)."),
     rollouts: int = typer.Option(5, min=1, help="Continuations per prefix (R)."),
     delta: float = typer.Option(0.25, help="Length decay base δ."),
     alpha: float = typer.Option(0.05, help="Confidence level of the Hoeffding bound."),
@@ -231,7 +233,8 @@ def score(
         cfg = ImportanceConfig(estimator=estimator, rollouts=rollouts, delta=delta, alpha=alpha, metric=metric,
                                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                seed=seed, max_context=max_context,
-                               **({"ablation_window": ablation_window} if ablation_window else {}))
+                               **({"ablation_window": ablation_window} if ablation_window else {}),
+                               **({"ablation_tokens": ablation_tokens} if ablation_tokens else {}))
     except ValidationError as exc:
         raise LongshortError(f"bad option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
     if metric not in METRICS:

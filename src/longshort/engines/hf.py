@@ -483,11 +483,27 @@ class HFEngine(Engine):
                                max_context=max_context or self._context_length(), cache_kw=self._cache_kw)
 
     def ablation_logprobs(self, request: GenerationRequest, segments: Sequence[str], tail: str = "", *,
-                          window: int | None = 1024, max_context: int | None = None) -> list[Any]:
+                          window: int | None = 1024, max_context: int | None = None,
+                          count_pattern: str | None = None) -> list[Any]:
         """Per segment, log P(the text after it) with and without it (the `ablation` importance
         estimator), the text encoded once and each ablation branched off its KV cache
-        (`engines/probe.ablation_logprobs`)."""
+        (`engines/probe.ablation_logprobs`). With `count_pattern` (a regular expression), only the
+        rest tokens whose text matches it count (`vocab_mask`)."""
         from longshort.engines.probe import ablation_logprobs
 
+        counted = None if count_pattern is None else self.vocab_mask(count_pattern)
         return ablation_logprobs(self.model, self.tokenizer, self.render(request), segments, tail, window=window,
-                                 max_context=max_context or self._context_length(), cache_kw=self._cache_kw)
+                                 max_context=max_context or self._context_length(), cache_kw=self._cache_kw,
+                                 counted=counted)
+
+    def vocab_mask(self, pattern: str) -> list[bool]:
+        """One bool per vocabulary id: does the token's text match `pattern` (`re.search`)?
+        Computed once per pattern."""
+        import re
+
+        masks = self.__dict__.setdefault("_vocab_masks", {})
+        if pattern not in masks:
+            rx = re.compile(pattern)
+            texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+            masks[pattern] = [bool(rx.search(t)) for t in texts]
+        return masks[pattern]

@@ -218,16 +218,19 @@ def naive_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequence[s
 
 def ablation_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequence[str], tail: str = "", *,
                       window: int | None = 1024, max_context: int | None = None, chunk_tokens: int = 512,
-                      branch_tokens: int = 1024, cache_kw: str | None = None
-                      ) -> list[tuple[float, float, int] | None]:
+                      branch_tokens: int = 1024, cache_kw: str | None = None,
+                      counted: Sequence[bool] | None = None) -> list[tuple[float, float, int] | None]:
     """How much the rest of a text depends on each segment (the `ablation` importance estimator).
 
     The text is `prompt + segments[0] + … + segments[n-1] + tail`. For segment i, its *rest* is
     the text after it (later segments and the tail), at most `window` tokens (None = all). Returns
     per segment ``(logp_with, logp_without, tokens)``: the log-probability of its rest under
     teacher forcing with segment i in place and with segment i removed (the rest then follows
-    segment i-1 directly, positions closing the gap), and the number of rest tokens; None where
-    the segment is the last piece with no rest, or does not fit `max_context`.
+    segment i-1 directly, positions closing the gap), and the number of rest tokens counted;
+    ``(0.0, 0.0, 0)`` where there is nothing to compare (the last piece with no rest, an empty
+    segment); None where the segment does not fit `max_context`. `counted` (one bool per
+    vocabulary id) restricts the sums and the count to the rest tokens it marks (e.g. the math
+    tokens, `HFEngine.ablation_logprobs`); the window still counts every token.
 
     Cost: the whole text is encoded once (KV cache; its token log-probabilities give every
     `logp_with`); each `logp_without` is a *branch* of its rest's tokens appended after the
@@ -248,13 +251,17 @@ def ablation_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequenc
     L = len(text) if max_context is None else min(len(text), max_context)
     n = len(segments)
     rests: list[tuple[int, int] | None] = []   # rest span [a, e) of segment i, in text positions
+    out: list[tuple[float, float, int] | None] = [None] * n
     for i in range(n):
         a = bounds[i + 1]
         e = L if window is None else min(L, a + window)
-        rests.append((a, e) if bounds[i + 1] <= L and e > a and bounds[i + 1] > bounds[i] else None)
-    out: list[tuple[float, float, int] | None] = [None] * n
+        fits = a <= L
+        rests.append((a, e) if fits and e > a and a > bounds[i] else None)
+        if fits and rests[i] is None and (a == len(text) or a == bounds[i]):  # no rest, or an empty segment
+            out[i] = (0.0, 0.0, 0)
     if not any(rests):
         return out
+    keep = (lambda t: True) if counted is None else (lambda t: bool(counted[text[t]]))
     cache_kw = cache_kw or _cache_kw(model)
     dev = next(model.parameters()).device
     was_training = model.training
@@ -281,7 +288,7 @@ def ablation_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequenc
                         token_lp[t + 1] = lp[t - s]
                 for t in range(s, e):
                     for i in want.get(t, ()):
-                        first_lp[i] = float(logp[t - s, text[rests[i][0]]])
+                        first_lp[i] = float(logp[t - s, text[rests[i][0]]]) if keep(rests[i][0]) else 0.0
             pending = [i for i in range(n) if rests[i]]
             without = {i: first_lp[i] for i in pending}
             k = 0
@@ -295,11 +302,13 @@ def ablation_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequenc
                     size += e - a - 1
                     k += 1
                 if size > 0:
-                    _run_ablation_group(model, cache, cache_kw, L, text, bounds, rests, group, without, dev)
+                    _run_ablation_group(model, cache, cache_kw, L, text, bounds, rests, group, without, dev,
+                                        counted)
                     cache.crop(L - cache.get_seq_length())
             for i in pending:
                 a, e = rests[i]
-                out[i] = (float(sum(token_lp[a:e])), float(without[i]), e - a)
+                kept = [t for t in range(a, e) if keep(t)]
+                out[i] = (float(sum(token_lp[t] for t in kept)), float(without[i]), len(kept))
     finally:
         if was_training:
             model.train()
@@ -308,7 +317,7 @@ def ablation_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequenc
 
 def _run_ablation_group(model: Any, cache: Any, cache_kw: str, L: int, text: list[int], bounds: list[int],
                         rests: list[tuple[int, int] | None], group: list[int], without: dict[int, float],
-                        dev: Any) -> None:
+                        dev: Any, counted: Sequence[bool] | None = None) -> None:
     """One forward pass over the branches of `group`: branch i feeds rest tokens a..e-2 of
     segment i at positions bounds[i].., seeing text[:bounds[i]] and its own earlier tokens; its
     logits score rest tokens a+1..e-1 (token a is scored from the cached text's logits)."""
@@ -337,12 +346,16 @@ def _run_ablation_group(model: Any, cache: Any, cache_kw: str, L: int, text: lis
     for i, m in zip(group, sizes, strict=True):
         a, _ = rests[i]
         nxt = torch.tensor(text[a + 1:a + 1 + m], device=logp.device)
-        without[i] += float(logp[off:off + m].gather(-1, nxt[:, None]).sum())
+        lp = logp[off:off + m].gather(-1, nxt[:, None])[:, 0]
+        if counted is not None:
+            lp = lp[torch.tensor([bool(counted[t]) for t in text[a + 1:a + 1 + m]], device=lp.device)]
+        without[i] += float(lp.sum())
         off += m
 
 
 def naive_ablation_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequence[str], tail: str = "",
-                            *, window: int | None = 1024) -> list[tuple[float, float, int] | None]:
+                            *, window: int | None = 1024, counted: Sequence[bool] | None = None
+                            ) -> list[tuple[float, float, int] | None]:
     """The same numbers as `ablation_logprobs`, two full forward passes per segment (with and
     without it): the reference the fast path is tested against."""
     import torch
@@ -352,10 +365,13 @@ def naive_ablation_logprobs(model: Any, tokenizer: Any, prompt: str, segments: S
     tail_ids = _encode(tokenizer, tail)
     dev = next(model.parameters()).device
 
+    def keep(tok: int) -> bool:
+        return counted is None or bool(counted[tok])
+
     def rest_lp(ids: list[int], start: int, count: int) -> float:
         x = torch.tensor([ids], device=dev)
         logp = model(input_ids=x).logits[0].float().log_softmax(-1)
-        return sum(float(logp[t - 1, ids[t]]) for t in range(start, start + count))
+        return sum(float(logp[t - 1, ids[t]]) for t in range(start, start + count) if keep(ids[t]))
 
     out: list[tuple[float, float, int] | None] = []
     with torch.inference_mode():
@@ -364,10 +380,10 @@ def naive_ablation_logprobs(model: Any, tokenizer: Any, prompt: str, segments: S
             if window is not None:
                 rest = rest[:window]
             if not rest or not seg_ids[i]:
-                out.append(None)
+                out.append((0.0, 0.0, 0))
                 continue
             before = prompt_ids + [t for s in seg_ids[:i] for t in s]
             with_i = before + seg_ids[i]
             out.append((rest_lp(with_i + rest, len(with_i), len(rest)),
-                        rest_lp(before + rest, len(before), len(rest)), len(rest)))
+                        rest_lp(before + rest, len(before), len(rest)), sum(keep(t) for t in rest)))
     return out

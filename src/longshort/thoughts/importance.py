@@ -50,6 +50,9 @@ from longshort.errors import InputError, LongshortError
 
 
 DEFAULT_OPENINGS = ("The final answer is \\boxed{", "**Final Answer**\n\\boxed{")
+# The rest tokens the `ablation` estimator counts with ablation_tokens='math': any token holding a
+# digit, or one that is a lone operator (spaces around it allowed); '**' (markdown) does not match.
+MATH_TOKENS = r"\d|^\s*[-+*/=^<>×÷−·≤≥]\s*$"
 
 
 class ImportanceConfig(BaseModel):
@@ -89,6 +92,11 @@ class ImportanceConfig(BaseModel):
     ablation_window: int | None = Field(
         256, ge=1, description="ablation: tokens after a thought whose likelihood is compared with and "
         "without it (None = the whole rest of the response); bounds the cost on long traces.")
+    ablation_tokens: Literal["math", "all"] = Field(
+        "math", description="ablation: which tokens of the rest count: 'math' (a token with a digit, or a "
+        "lone arithmetic or relational operator: the results later steps use, `MATH_TOKENS`) or 'all' "
+        "(every token, so the words a plan or a restatement predicts count too). On planted traces 'math' "
+        "ranks computations above restatements and problem read-backs, which 'all' scores high.")
     ablation_tail: bool = Field(True, description="ablation: the rest includes the response after "
                                 "'</think>' (the written answer), so thoughts whose results the answer "
                                 "restates count.")
@@ -467,12 +475,15 @@ def ablation_accuracies(record: dict[str, Any], engine: Any, cfg: ImportanceConf
 
     Thought i's *dependence* D_i (nats) is how much less likely the scoring model finds the text
     after it (the next `ablation_window` tokens: later thoughts and, with `ablation_tail`, the
-    written answer) when thought i is removed: log P(rest | with i) - log P(rest | without i).
+    written answer) when thought i is removed: log P(rest | with i) - log P(rest | without i),
+    summed over the rest's math tokens (`ablation_tokens`='math', `MATH_TOKENS`) or all of them.
     A computation whose result later steps use scores high; a re-check, a hesitation or an
-    abandoned idea that nothing later refers to scores near 0 or below. Its share is
+    abandoned idea that nothing later refers to scores near 0 or below; so does a read-back of
+    the problem or a plan, whose words (not numbers) are what later text repeats. Its share is
     e_i = D_i / sum_j max(D_j, 0) (scale-free, at most 1), and acc_i = e_1 + ... + e_i, so the
     metric's e_i = acc_i - acc_{i-1} is the share and the joint formula (× δ^(y/Y)) applies
-    unchanged. A last thought with nothing after it (no `ablation_tail`) gets D = 0.
+    unchanged. A last thought with nothing after it (no `ablation_tail`) gets D = 0; a thought
+    past the context gets None.
     """
     from longshort.dialogue.protocol import THINK_CLOSE, THINK_OPEN
     from longshort.engines.base import GenerationRequest
@@ -481,15 +492,15 @@ def ablation_accuracies(record: dict[str, Any], engine: Any, cfg: ImportanceConf
     texts, segments = _segments(record)
     tail = "\n" + THINK_CLOSE + "\n\n" + _after_thinking(record) if cfg.ablation_tail else ""
     request = GenerationRequest(messages=_messages(record["problem"]), assistant_prefix=THINK_OPEN + "\n")
-    rows = probe(request, segments, tail, window=cfg.ablation_window, max_context=engine_context(engine, cfg))
+    pattern = MATH_TOKENS if cfg.ablation_tokens == "math" else None
+    rows = probe(request, segments, tail, window=cfg.ablation_window, max_context=engine_context(engine, cfg),
+                 count_pattern=pattern)
     n = len(texts)
     dep: list[float | None] = [None] * (n + 1)
     rest: list[int | None] = [None] * (n + 1)
     for i, row in enumerate(rows, start=1):
-        if row is not None:
+        if row is not None:  # None: the thought is past the context
             dep[i], rest[i] = row[0] - row[1], row[2]
-        elif i == n:
-            dep[i], rest[i] = 0.0, 0
     mass = sum(max(d, 0.0) for d in dep if d is not None)
     acc: list[float | None] = [0.0] + [None] * n
     for i in range(1, n + 1):
@@ -497,6 +508,7 @@ def ablation_accuracies(record: dict[str, Any], engine: Any, cfg: ImportanceConf
             break
         acc[i] = acc[i - 1] + (dep[i] / mass if mass > 0 else 0.0)
     info = {"ablation_window": cfg.ablation_window, "ablation_tail": cfg.ablation_tail,
+            "ablation_tokens": cfg.ablation_tokens,
             "dependence_mass": round(mass, 4), "num_rollouts": 0, "generated_tokens": 0}
     return acc, info, {"dependence": dep, "rest_tokens": rest}
 
