@@ -14,9 +14,12 @@ from typing import Any
 
 import typer
 
-from longshort.cli.app import app
+from longshort.cli.app import app, config_option, given
 from longshort.errors import InputError, LongshortError
 from longshort.io import ReadStats, ResumableWriter, iter_jsonl, write_json_atomic, write_jsonl_atomic
+from longshort.thoughts.chunking import ChunkConfig, HeuristicConfig, LLMChunkConfig
+from longshort.thoughts.coldstart import ColdStartConfig
+from longshort.thoughts.importance import ImportanceConfig
 
 MODEL_HELP = "Model spec (smollm2-135m, tiny-random, a local dir, a hub id) or the served model name."
 
@@ -54,25 +57,28 @@ def _check_out(inp: Path, out: Path, expect: tuple[str, ...] = (), skip_bad: boo
 def chunk(
     input: Path = typer.Option(..., "--input", "-i", help="Long-CoT JSONL {id?, problem, answer, response}."),
     out: Path = typer.Option(..., "--out", "-o", help="Chunk records JSONL (appended, resumable by id)."),
-    method: str = typer.Option("segment", help="segment (no model, human granularity) | heuristic (no model, "
-                               "one thought per marker) | llm | gold (planted thoughts of synth traces)."),
+    method: str | None = config_option(ChunkConfig, "method", help="segment (no model, human granularity) | "
+                                       "heuristic (no model, one thought per marker) | llm | gold (planted "
+                                       "thoughts of synth traces)."),
     model: str = typer.Option("smollm2-135m", help=MODEL_HELP + " Used by --method llm."),
     engine: str = typer.Option("transformers", help="transformers | openai | vllm (llm method)."),
     base_url: str | None = typer.Option(None, help="OpenAI-compatible server URL for --engine openai."),
-    max_retries: int = typer.Option(2, min=0, help="llm method: retries after an unusable answer."),
+    max_retries: int | None = config_option(LLMChunkConfig, "max_retries", min=0,
+                                            help="llm method: retries after an unusable answer."),
     max_thoughts: int | None = typer.Option(None, min=1, help="heuristic: merge the smallest neighbours down to "
                                             "this many thoughts per trace (caps scoring cost)."),
     batch: int = typer.Option(16, min=1, help="llm method: traces per generate call (written after each)."),
-    seed: int = typer.Option(0, help="llm method: base sampling seed."),
+    seed: int | None = config_option(LLMChunkConfig, "seed", help="llm method: base sampling seed."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and count) bad records instead of stopping."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip ids already in --out."),
 ) -> None:
     """Split long-CoT traces into steps and group them into thoughts."""
     from pydantic import ValidationError
 
-    from longshort.thoughts.chunking import ChunkConfig, HeuristicConfig, LLMChunkConfig, chunk_records
+    from longshort.thoughts.chunking import chunk_records
     from longshort.thoughts.ingest import load_traces
 
+    method = method or ChunkConfig.model_fields["method"].default
     if method not in ("segment", "heuristic", "llm", "gold"):
         raise LongshortError(f"unknown --method {method!r}; accepted: segment, heuristic, llm, gold")
     _check_out(input, out, CHUNK_FIELDS, skip_bad)
@@ -87,7 +93,7 @@ def chunk(
                                  path=str(input), line=k, field="gold_thoughts")
     _skipped_note(stats)
     try:
-        cfg = ChunkConfig(method=method, llm=LLMChunkConfig(max_retries=max_retries, seed=seed),
+        cfg = ChunkConfig(method=method, llm=LLMChunkConfig(**given(max_retries=max_retries, seed=seed)),
                           heuristic=HeuristicConfig(max_thoughts=max_thoughts))
     except ValidationError as exc:
         e = exc.errors()[0]
@@ -196,23 +202,24 @@ def score(
     model: str = typer.Option("smollm2-135m", help=MODEL_HELP),
     engine: str = typer.Option("transformers", help="transformers | openai | vllm."),
     base_url: str | None = typer.Option(None, help="OpenAI-compatible server URL for --engine openai."),
-    estimator: str = typer.Option("rollout", help="How acc_i is measured: rollout (sample continuations and "
-                                  "grade them, the paper's) | forced (the model's probability of the gold answer "
-                                  "after each prefix) | ablation (how much less likely the rest of the trace is "
-                                  "without the thought); forced and ablation sample nothing and need the "
-                                  "transformers engine."),
-    ablation_window: int | None = typer.Option(None, min=1, help="--estimator ablation: tokens after a thought "
-                                               "compared with and without it (default: the config's)."),
-    ablation_tokens: str | None = typer.Option(None, help="--estimator ablation: which rest tokens count: math "
-                                               "(digits and operators) | all (default: the config's, math)."),
-    rollouts: int = typer.Option(5, min=1, help="Continuations per prefix (R)."),
-    delta: float = typer.Option(0.25, help="Length decay base δ."),
-    alpha: float = typer.Option(0.05, help="Confidence level of the Hoeffding bound."),
-    metric: str = typer.Option("gain_decay", help="Importance metric (gain_decay | gain)."),
-    max_new_tokens: int = typer.Option(512, min=1, help="Tokens per continuation."),
-    temperature: float = typer.Option(0.7, help="Rollout sampling temperature."),
-    top_p: float = typer.Option(0.95, help="Rollout nucleus mass."),
-    seed: int = typer.Option(0, help="Base seed of rollouts."),
+    estimator: str | None = config_option(
+        ImportanceConfig, "estimator", help="How acc_i is measured: rollout (sample continuations and grade "
+        "them, the paper's) | forced (the model's probability of the gold answer after each prefix) | ablation "
+        "(how much less likely the rest of the trace is without the thought); forced and ablation sample "
+        "nothing and need the transformers engine."),
+    ablation_window: int | None = config_option(ImportanceConfig, "ablation_window", min=1, help="--estimator "
+                                                "ablation: tokens after a thought compared with and without it."),
+    ablation_tokens: str | None = config_option(ImportanceConfig, "ablation_tokens", help="--estimator ablation: "
+                                                "which rest tokens count: math (digits, operators) | all."),
+    rollouts: int | None = config_option(ImportanceConfig, "rollouts", min=1, help="Continuations per prefix (R)."),
+    delta: float | None = config_option(ImportanceConfig, "delta", help="Length decay base δ."),
+    alpha: float | None = config_option(ImportanceConfig, "alpha", help="Confidence level of the Hoeffding bound."),
+    metric: str | None = config_option(ImportanceConfig, "metric", help="Importance metric (gain_decay | gain)."),
+    max_new_tokens: int | None = config_option(ImportanceConfig, "max_new_tokens", min=1,
+                                               help="Tokens per continuation."),
+    temperature: float | None = config_option(ImportanceConfig, "temperature", help="Rollout sampling temperature."),
+    top_p: float | None = config_option(ImportanceConfig, "top_p", help="Rollout nucleus mass."),
+    seed: int | None = config_option(ImportanceConfig, "seed", help="Base seed of rollouts."),
     max_context: int | None = typer.Option(None, min=1, help="Model context in tokens (default: from the model)."),
     limit: int | None = typer.Option(None, min=1, help="Score only the first N traces."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print rollouts and estimated generated tokens, then stop."),
@@ -226,19 +233,19 @@ def score(
     probability of the gold answer), times the length decay."""
     from pydantic import ValidationError
 
-    from longshort.thoughts.importance import METRICS, ImportanceConfig, iter_score, plan
+    from longshort.thoughts.importance import METRICS, iter_score, plan
 
     existing = _check_out(input, out, SCORE_FIELDS, skip_bad)
     try:
-        cfg = ImportanceConfig(estimator=estimator, rollouts=rollouts, delta=delta, alpha=alpha, metric=metric,
-                               max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                               seed=seed, max_context=max_context,
-                               **({"ablation_window": ablation_window} if ablation_window else {}),
-                               **({"ablation_tokens": ablation_tokens} if ablation_tokens else {}))
+        cfg = ImportanceConfig(**given(
+            estimator=estimator, rollouts=rollouts, delta=delta, alpha=alpha, metric=metric,
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, max_context=max_context,
+            ablation_window=ablation_window, ablation_tokens=ablation_tokens))
     except ValidationError as exc:
         raise LongshortError(f"bad option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
-    if metric not in METRICS:
-        raise LongshortError(f"unknown --metric {metric!r}; known: {', '.join(sorted(METRICS))}")
+    estimator = cfg.estimator
+    if cfg.metric not in METRICS:
+        raise LongshortError(f"unknown --metric {cfg.metric!r}; known: {', '.join(sorted(METRICS))}")
     if estimator in ("forced", "ablation") and engine not in ("transformers", "hf"):
         raise LongshortError(f"--estimator {estimator} reads the model's probabilities, which --engine {engine} cannot "
                              "give; use --engine transformers or --estimator rollout")
@@ -335,10 +342,10 @@ def coldstart(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory: sft_long.jsonl, sft_short.jsonl, stats.json."),
     threshold: float | None = typer.Option(None, help="Long iff score >= threshold."),
     ratio: float | None = typer.Option(None, help="Long = top ratio of thoughts by (positive) score."),
-    relative: float | None = typer.Option(None, min=0.0, help="Default rule: long iff score >= RELATIVE x the "
-                                          "trace's mean positive score per thought (0 = every positive score; "
-                                          "default: the config's)."),
-    compressor: str = typer.Option("extractive", help="drop | extractive | llm."),
+    relative: float | None = config_option(ColdStartConfig, "relative", min=0.0, help="Default rule: long iff "
+                                           "score >= RELATIVE x the trace's mean positive score per thought "
+                                           "(0 = every positive score)."),
+    compressor: str | None = config_option(ColdStartConfig, "compressor", help="drop | extractive | llm."),
     model: str = typer.Option("smollm2-135m", help=MODEL_HELP + " Used by --compressor llm."),
     engine: str = typer.Option("transformers", help="Engine of --compressor llm."),
     base_url: str | None = typer.Option(None, help="OpenAI-compatible server URL for --engine openai."),
@@ -350,14 +357,13 @@ def coldstart(
     """Build the two SFT sets (one per role) from scored traces."""
     from pydantic import ValidationError
 
-    from longshort.thoughts.coldstart import ColdStartConfig, synthesize
+    from longshort.thoughts.coldstart import synthesize
 
     if threshold is not None and ratio is not None:
         raise LongshortError("give --threshold or --ratio, not both")
     try:
-        cfg = ColdStartConfig(threshold=threshold, ratio=ratio, compressor=compressor,
-                              require_correct=not keep_incorrect, max_long_turns=max_long_turns or None,
-                              **({"relative": relative} if relative is not None else {}))
+        cfg = ColdStartConfig(threshold=threshold, ratio=ratio, require_correct=not keep_incorrect,
+                              max_long_turns=max_long_turns or None, **given(compressor=compressor, relative=relative))
     except ValidationError as exc:
         e = exc.errors()[0]
         raise LongshortError(f"bad option --{e['loc'][0]}: {e['msg']}") from None
@@ -394,7 +400,7 @@ def coldstart(
 
         def count(text: str) -> int:
             return len(tok(text, add_special_tokens=False)["input_ids"])
-    eng = _engine(model, engine, base_url) if compressor == "llm" else None
+    eng = _engine(model, engine, base_url) if cfg.compressor == "llm" else None
     long_ex, short_ex, st = synthesize(records, cfg, engine=eng, count_tokens=count)
     if eng is not None:
         eng.close()
