@@ -27,8 +27,9 @@ import time
 
 from longshort.engines.hf import HFEngine
 from longshort.thoughts.chunking import ChunkConfig, chunk_records
-from longshort.thoughts.importance import ImportanceConfig, score_traces
+from longshort.thoughts.importance import ImportanceConfig
 from longshort.thoughts.quality import estimator_agreement, importance_auroc
+from longshort.thoughts.scoring import score_traces
 from longshort.thoughts.synthetic import generate
 
 

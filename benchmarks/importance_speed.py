@@ -24,8 +24,9 @@ from longshort.dialogue.protocol import render_input
 from longshort.engines.base import GenerationRequest
 from longshort.engines.hf import HFEngine
 from longshort.thoughts.chunking import chunk_records, make_thought
-from longshort.thoughts.importance import ImportanceConfig, plan, score_record
+from longshort.thoughts.importance import ImportanceConfig, plan
 from longshort.thoughts.ingest import load_traces
+from longshort.thoughts.scoring import score_record
 
 ROOT = Path(__file__).resolve().parents[1]
 

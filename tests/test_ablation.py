@@ -9,7 +9,8 @@ from longshort.engines.base import Engine
 from longshort.engines.probe import ablation_logprobs, naive_ablation_logprobs
 from longshort.errors import LongshortError
 from longshort.thoughts.chunking import ChunkConfig, chunk_records
-from longshort.thoughts.importance import MATH_TOKENS, ImportanceConfig, plan, score_record
+from longshort.thoughts.importance import MATH_TOKENS, ImportanceConfig, plan
+from longshort.thoughts.scoring import score_record
 from longshort.thoughts.synthetic import SynthConfig, generate
 
 

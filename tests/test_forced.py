@@ -12,7 +12,8 @@ from longshort.engines.base import Engine
 from longshort.engines.probe import branch_logprobs, naive_logprobs
 from longshort.errors import LongshortError
 from longshort.thoughts.chunking import ChunkConfig, chunk_records
-from longshort.thoughts.importance import ImportanceConfig, answer_targets, score_record
+from longshort.thoughts.importance import ImportanceConfig
+from longshort.thoughts.scoring import answer_targets, score_record
 from longshort.thoughts.synthetic import SynthConfig, generate
 
 
@@ -155,9 +156,9 @@ def test_forced_on_real_tiny_model(tiny):
     # the same numbers as full re-encoding of every prefix
     texts = [t["text"] for t in rec["thoughts"]]
     from longshort.engines.base import GenerationRequest
-    from longshort.thoughts.importance import _messages
+    from longshort.thoughts.importance import solo_messages
 
-    prompt = tiny.render(GenerationRequest(messages=_messages(rec["problem"]), assistant_prefix="<think>\n"))
+    prompt = tiny.render(GenerationRequest(messages=solo_messages(rec["problem"]), assistant_prefix="<think>\n"))
     segs = [("\n\n" if k else "") + t for k, t in enumerate(texts)]
     stems = ["\n</think>\n\n" + o for o in ImportanceConfig().answer_openings]
     ref = naive_logprobs(tiny.model, tiny.tokenizer, prompt, segs[:2], stems, answer_targets(rec["answer"]))

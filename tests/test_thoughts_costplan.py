@@ -5,14 +5,8 @@ from __future__ import annotations
 import pytest
 
 from longshort.thoughts.chunking import ChunkConfig, chunk_records
-from longshort.thoughts.importance import (
-    ImportanceConfig,
-    describe_actual,
-    describe_plan,
-    pilot,
-    plan,
-    score_record,
-)
+from longshort.thoughts.importance import ImportanceConfig, describe_actual, describe_plan, pilot, plan
+from longshort.thoughts.scoring import score_record
 from longshort.thoughts.synthetic import SynthConfig, generate
 
 

@@ -17,9 +17,9 @@ from longshort.thoughts.importance import (
     hoeffding_bound,
     plan,
     register_metric,
-    score_record,
     validate_scoring_input,
 )
+from longshort.thoughts.scoring import score_record
 from longshort.thoughts.synthetic import SynthConfig, generate
 
 

@@ -233,7 +233,8 @@ def score(
     probability of the gold answer), times the length decay."""
     from pydantic import ValidationError
 
-    from longshort.thoughts.importance import METRICS, iter_score, plan
+    from longshort.thoughts.importance import METRICS, plan
+    from longshort.thoughts.scoring import iter_score
 
     existing = _check_out(input, out, SCORE_FIELDS, skip_bad)
     try:

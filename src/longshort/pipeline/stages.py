@@ -164,7 +164,7 @@ def scorer_model(ctx: RunContext) -> str:
 
 def _score_file(records: list[dict[str, Any]], path: Path, engine: Any, score_cfg: Any) -> list[dict[str, Any]]:
     from longshort.io import ResumableWriter
-    from longshort.thoughts.importance import iter_score
+    from longshort.thoughts.scoring import iter_score
 
     with ResumableWriter(path, resume=True) as writer:
         todo = [r for r in records if str(r["id"]) not in writer.done_ids]
