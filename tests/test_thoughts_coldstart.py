@@ -12,10 +12,9 @@ from longshort.thoughts.coldstart import (
     assign_roles,
     compress_thought,
     extract_math,
-    is_final_answer_sentence,
-    strip_final_answer,
     synthesize,
 )
+from longshort.thoughts.final_answer import is_final_answer_sentence, strip_final_answer
 from longshort.thoughts.steps import split_steps
 from longshort.thoughts.synthetic import generate
 

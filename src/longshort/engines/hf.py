@@ -21,10 +21,11 @@ row of one batch its own stop strings, seed, temperature and token limit. What i
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -84,31 +85,13 @@ class _OOM(Exception):
     pass
 
 
-class _restore_training:
-    def __init__(self, model: Any, was_training: bool):
-        self.model, self.was_training = model, was_training
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.was_training:
-            self.model.train()
-
-
-def _fp32_head(model: Any) -> None:
-    """Give a half-precision model an fp32 LM head: its own fp32 copy of the weight (untied from
-    the embedding), and the hidden state cast up before it, so the logits are fp32 results."""
-    import torch
-
-    head = model.get_output_embeddings()
-    if head is None or getattr(head, "weight", None) is None or head.weight.dtype == torch.float32:
-        return
-    head.weight = torch.nn.Parameter(head.weight.detach().float(), requires_grad=False)
-    if getattr(head, "bias", None) is not None:
-        head.bias = torch.nn.Parameter(head.bias.detach().float(), requires_grad=False)
-    # cast to the weight's dtype (not fp32 outright): should anything tie the weights back, it still runs
-    head.register_forward_pre_hook(lambda mod, args: (args[0].to(mod.weight.dtype), *args[1:]))
+@contextlib.contextmanager
+def _restore_training(model: Any, was_training: bool) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -139,13 +122,13 @@ class HFEngine(Engine):
         self.config = cfg
         self.spec: str | None = model if isinstance(model, str) else None
         if isinstance(model, str):
-            from longshort.models import load_model
+            from longshort.models import fp32_lm_head, load_model
 
             self.model_name = model
             self.model, tok = load_model(model, dtype=cfg.dtype, device=cfg.device)
             self.tokenizer = tokenizer or tok
             if cfg.fp32_logits:
-                _fp32_head(self.model)
+                fp32_lm_head(self.model)
         else:
             if tokenizer is None:
                 raise LongshortError("HFEngine(model) with an in-memory model needs its tokenizer")
@@ -160,6 +143,7 @@ class HFEngine(Engine):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # PEFT
         # transformers 5 renamed `past_key_values` to `cache`; support both
         self._cache_kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        self._vocab_masks: dict[str, list[bool]] = {}
         self._eos = self._eos_ids()
         self._specials = sorted((t for t in self.tokenizer.all_special_tokens if t), key=len, reverse=True)
         self._rows_cap = cfg.batch_size or (256 if self.device.type == "cuda" else 64)
@@ -467,11 +451,10 @@ class HFEngine(Engine):
                 self._compiled = torch.compile(self.model.forward, mode="reduce-overhead", fullgraph=False,
                                                dynamic=False)
             fn = self._compiled
-        out = fn(input_ids=ids, attention_mask=mask, position_ids=pos,
-                             **{self._cache_kw: cache}, use_cache=True)
+        out = fn(input_ids=ids, attention_mask=mask, position_ids=pos, **{self._cache_kw: cache}, use_cache=True)
         return out.logits[:, -1, :].clone()
 
-    # -- forced-answer probes (the `forced` importance estimator) ---------------------------
+    # -- probability probes (the `forced` and `ablation` importance estimators) ------------
 
     def branch_logprobs(self, request: GenerationRequest, segments: Sequence[str], stems: Sequence[str],
                         targets: Sequence[str], *, max_context: int | None = None) -> list[Any]:
@@ -485,10 +468,9 @@ class HFEngine(Engine):
     def ablation_logprobs(self, request: GenerationRequest, segments: Sequence[str], tail: str = "", *,
                           window: int | None = 1024, max_context: int | None = None,
                           count_pattern: str | None = None) -> list[Any]:
-        """Per segment, log P(the text after it) with and without it (the `ablation` importance
-        estimator), the text encoded once and each ablation branched off its KV cache
-        (`engines/probe.ablation_logprobs`). With `count_pattern` (a regular expression), only the
-        rest tokens whose text matches it count (`vocab_mask`)."""
+        """Per segment, log P(the text after it) with and without it, the text encoded once and each
+        ablation branched off its KV cache (`engines/probe.ablation_logprobs`); with `count_pattern`
+        (a regular expression) only the rest tokens whose text matches it count (`vocab_mask`)."""
         from longshort.engines.probe import ablation_logprobs
 
         counted = None if count_pattern is None else self.vocab_mask(count_pattern)
@@ -497,13 +479,9 @@ class HFEngine(Engine):
                                  counted=counted)
 
     def vocab_mask(self, pattern: str) -> list[bool]:
-        """One bool per vocabulary id: does the token's text match `pattern` (`re.search`)?
-        Computed once per pattern."""
-        import re
+        """`engines/probe.vocab_mask` of this tokenizer, computed once per pattern."""
+        from longshort.engines.probe import vocab_mask
 
-        masks = self.__dict__.setdefault("_vocab_masks", {})
-        if pattern not in masks:
-            rx = re.compile(pattern)
-            texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
-            masks[pattern] = [bool(rx.search(t)) for t in texts]
-        return masks[pattern]
+        if pattern not in self._vocab_masks:
+            self._vocab_masks[pattern] = vocab_mask(self.tokenizer, pattern)
+        return self._vocab_masks[pattern]

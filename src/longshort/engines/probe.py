@@ -216,6 +216,16 @@ def naive_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequence[s
 # ----------------------------------------------------------------------------- ablation
 
 
+def vocab_mask(tokenizer: Any, pattern: str) -> list[bool]:
+    """One bool per vocabulary id: does the token's decoded text match `pattern` (`re.search`)?
+    The `counted` argument of `ablation_logprobs`."""
+    import re
+
+    rx = re.compile(pattern)
+    return [bool(rx.search(t)) for t in tokenizer.batch_decode([[i] for i in range(len(tokenizer))])]
+
+
+
 def ablation_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequence[str], tail: str = "", *,
                       window: int | None = 1024, max_context: int | None = None, chunk_tokens: int = 512,
                       branch_tokens: int = 1024, cache_kw: str | None = None,

@@ -299,3 +299,18 @@ def _auto_tokenizer(where: str, spec: str) -> Any:
         return AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError) as exc:
         raise _hub_error(spec, exc, where) from exc
+
+
+def fp32_lm_head(model: Any) -> None:
+    """Give a half-precision model an fp32 LM head: its own fp32 copy of the weight (untied from
+    the embedding), and the hidden state cast up before it, so the logits are fp32 results."""
+    import torch
+
+    head = model.get_output_embeddings()
+    if head is None or getattr(head, "weight", None) is None or head.weight.dtype == torch.float32:
+        return
+    head.weight = torch.nn.Parameter(head.weight.detach().float(), requires_grad=False)
+    if getattr(head, "bias", None) is not None:
+        head.bias = torch.nn.Parameter(head.bias.detach().float(), requires_grad=False)
+    # cast to the weight's dtype (not fp32 outright): should anything tie the weights back, it still runs
+    head.register_forward_pre_hook(lambda mod, args: (args[0].to(mod.weight.dtype), *args[1:]))
