@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from longshort.engines import GenerationRequest, SamplingParams, make_engine
+from longshort.engines import GenerationRequest, SamplingParams, make_engine, make_pair
 from longshort.engines.hf import HFEngine, sample_tokens
 from longshort.errors import LongshortError
 
@@ -287,3 +287,16 @@ def test_bf16_engine_keeps_fp32_logits_and_agrees_with_fp32(engine):
     assert len(c.logprobs) == c.num_tokens == 6 and all(math.isfinite(x) and x < 0 for x in c.logprobs)
     plain = make_engine("tiny-random", device="cpu", dtype="bf16", fp32_logits=False)
     assert plain.model.lm_head.weight.dtype is torch.bfloat16
+
+
+def test_make_pair_builds_one_engine_per_distinct_model():
+    a, b = make_pair("tiny-random", "tiny-random", device="cpu")
+    assert a is b and a.model_name == "tiny-random"
+    c, d = make_pair("tiny-random", None, device="cpu")
+    assert d is None and c is not a
+    e, f = make_pair(None, "tiny-random-bytes", device="cpu")
+    assert e is None and f.model_name == "tiny-random-bytes"
+    with pytest.raises(LongshortError, match="unknown engine"):
+        make_pair("tiny-random", "tiny-random", "tgi")
+    for eng in (a, c, f):
+        eng.close()

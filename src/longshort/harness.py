@@ -126,17 +126,10 @@ def grade_record(rec: dict[str, Any], grading: GradingConfig | None = None) -> d
 
 
 def _build_engines(cfg: EvalConfig):
-    from longshort.engines import make_engine
+    from longshort.engines import make_pair
 
-    kw: dict[str, Any] = {"base_url": cfg.base_url} if cfg.base_url else {}
-    need_long = cfg.mode in ("collab", "long")
-    need_short = cfg.mode in ("collab", "short")
-    long_engine = make_engine(cfg.long_model, cfg.engine, **kw) if need_long else None
-    if need_short and need_long and cfg.short_model == cfg.long_model:
-        short_engine = long_engine
-    else:
-        short_engine = make_engine(cfg.short_model, cfg.engine, **kw) if need_short else None
-    return long_engine, short_engine
+    return make_pair(cfg.long_model if cfg.mode in ("collab", "long") else None,
+                     cfg.short_model if cfg.mode in ("collab", "short") else None, cfg.engine, base_url=cfg.base_url)
 
 
 def run_eval(config: EvalConfig, out_dir: str | Path, *, resume: bool = True, progress: bool = True,

@@ -77,11 +77,10 @@ def serve(
         loc = ".".join(str(p) for p in first["loc"])
         raise LongshortError(f"invalid option {loc}: {first['msg']}") from None
 
-    from longshort.engines import make_engine
+    from longshort.engines import make_pair
     from longshort.serve import serve as run_server
 
-    long_engine = make_engine(long, engine, base_url=base_url)
-    short_engine = long_engine if (short == long) else make_engine(short, engine, base_url=base_url)
+    long_engine, short_engine = make_pair(long, short, engine, base_url=base_url)
     if not is_loopback(host) and not config.api_key:
         typer.echo(f"warning: binding {host} without --api-key (or LONGSHORT_API_KEY): anyone who can "
                    "reach this address can use the models", err=True)

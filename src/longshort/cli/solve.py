@@ -79,11 +79,9 @@ def _check_problem_record(rec: dict[str, Any], path: str, line: int) -> None:
 
 
 def _make_engines(long: str, short: str, engine: str, base_url: str | None):
-    from longshort.engines import make_engine
+    from longshort.engines import make_pair
 
-    long_engine = make_engine(long, engine, base_url=base_url)
-    short_engine = long_engine if short == long else make_engine(short, engine, base_url=base_url)
-    return long_engine, short_engine
+    return make_pair(long, short, engine, base_url=base_url)
 
 
 def _grade(rec: dict[str, Any]) -> bool | None:

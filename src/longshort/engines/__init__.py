@@ -22,7 +22,7 @@ ENGINE_NAMES = ("transformers", "openai", "vllm")
 _ALIASES = {"transformers": "transformers", "hf": "transformers", "openai": "openai", "vllm": "vllm"}
 
 __all__ = ["Completion", "Engine", "GenerationRequest", "GenerationResult", "SamplingParams",
-           "ENGINE_NAMES", "make_engine"]
+           "ENGINE_NAMES", "make_engine", "make_pair"]
 
 
 def make_engine(model: str, engine: str = "transformers", *, base_url: str | None = None,
@@ -50,6 +50,16 @@ def make_engine(model: str, engine: str = "transformers", *, base_url: str | Non
 
     _check_options(kind, kwargs, set(VLLMEngineConfig.model_fields) | {"config"})
     return VLLMEngine(model, **kwargs)
+
+
+def make_pair(long: str | None, short: str | None, engine: str = "transformers", *, base_url: str | None = None,
+              **kwargs: Any) -> tuple[Engine | None, Engine | None]:
+    """The engines of the two roles (`make_engine` each), one engine when both roles name the same
+    model; a role given as None gets None (a solo run needs only one)."""
+    long_engine = make_engine(long, engine, base_url=base_url, **kwargs) if long else None
+    if short and short == long:
+        return long_engine, long_engine
+    return long_engine, (make_engine(short, engine, base_url=base_url, **kwargs) if short else None)
 
 
 def _init_options(cls: type) -> set[str]:
