@@ -22,7 +22,6 @@ row of one batch its own stop strings, seed, temperature and token limit. What i
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -32,6 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from longshort.engines.base import Completion, Engine, GenerationRequest, GenerationResult
+from longshort.engines.probe import cache_kwarg
 from longshort.engines.sampling import row_seed, row_uniform, sample_tokens  # noqa: F401 (re-exported)
 from longshort.errors import LongshortError
 
@@ -140,9 +140,7 @@ class HFEngine(Engine):
 
         _finish_tokenizer(self.tokenizer)
         self.device = next(self.model.parameters()).device
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # PEFT
-        # transformers 5 renamed `past_key_values` to `cache`; support both
-        self._cache_kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        self._cache_kw = cache_kwarg(self.model)  # transformers 5 renamed `past_key_values` to `cache`
         self._vocab_masks: dict[str, list[bool]] = {}
         self._eos = self._eos_ids()
         self._specials = sorted((t for t in self.tokenizer.all_special_tokens if t), key=len, reverse=True)

@@ -53,7 +53,7 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
 
-def _cache_kw(model: Any) -> str:
+def cache_kwarg(model: Any) -> str:
     """The forward keyword of the KV cache: 'cache' in newer transformers, else 'past_key_values'."""
     import inspect
 
@@ -103,7 +103,6 @@ def branch_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequence[
     `cache_kw`: the forward argument taking the KV cache (None = `cache` where the model's forward
     has it, as in transformers 5, else `past_key_values`).
     """
-
     import torch
     from transformers import DynamicCache
 
@@ -123,7 +122,7 @@ def branch_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequence[
     if not any(fits):
         return out
     L = max(b for b, ok in zip(bounds, fits, strict=True) if ok)
-    cache_kw = cache_kw or _cache_kw(model)
+    cache_kw = cache_kw or cache_kwarg(model)
     dev = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -225,7 +224,6 @@ def vocab_mask(tokenizer: Any, pattern: str) -> list[bool]:
     return [bool(rx.search(t)) for t in tokenizer.batch_decode([[i] for i in range(len(tokenizer))])]
 
 
-
 def ablation_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequence[str], tail: str = "", *,
                       window: int | None = 1024, max_context: int | None = None, chunk_tokens: int = 512,
                       branch_tokens: int = 1024, cache_kw: str | None = None,
@@ -249,7 +247,6 @@ def ablation_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequenc
     a T-token text cost one pass over T tokens plus about n·min(T/2, window) branch tokens,
     instead of n passes over T tokens. `naive_ablation_logprobs` is the slow reference.
     """
-
     import torch
     from transformers import DynamicCache
 
@@ -271,8 +268,8 @@ def ablation_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequenc
             out[i] = (0.0, 0.0, 0)
     if not any(rests):
         return out
-    keep = (lambda t: True) if counted is None else (lambda t: bool(counted[text[t]]))
-    cache_kw = cache_kw or _cache_kw(model)
+    counts = None if counted is None else [bool(counted[tok]) for tok in text]  # per text position
+    cache_kw = cache_kw or cache_kwarg(model)
     dev = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -298,7 +295,8 @@ def ablation_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequenc
                         token_lp[t + 1] = lp[t - s]
                 for t in range(s, e):
                     for i in want.get(t, ()):
-                        first_lp[i] = float(logp[t - s, text[rests[i][0]]]) if keep(rests[i][0]) else 0.0
+                        a = rests[i][0]
+                        first_lp[i] = float(logp[t - s, text[a]]) if counts is None or counts[a] else 0.0
             pending = [i for i in range(n) if rests[i]]
             without = {i: first_lp[i] for i in pending}
             k = 0
@@ -313,11 +311,11 @@ def ablation_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequenc
                     k += 1
                 if size > 0:
                     _run_ablation_group(model, cache, cache_kw, L, text, bounds, rests, group, without, dev,
-                                        counted)
+                                        counts)
                     cache.crop(L - cache.get_seq_length())
             for i in pending:
                 a, e = rests[i]
-                kept = [t for t in range(a, e) if keep(t)]
+                kept = [t for t in range(a, e) if counts is None or counts[t]]
                 out[i] = (float(sum(token_lp[t] for t in kept)), float(without[i]), len(kept))
     finally:
         if was_training:
@@ -327,10 +325,11 @@ def ablation_logprobs(model: Any, tokenizer: Any, prompt: str, segments: Sequenc
 
 def _run_ablation_group(model: Any, cache: Any, cache_kw: str, L: int, text: list[int], bounds: list[int],
                         rests: list[tuple[int, int] | None], group: list[int], without: dict[int, float],
-                        dev: Any, counted: Sequence[bool] | None = None) -> None:
+                        dev: Any, counts: Sequence[bool] | None = None) -> None:
     """One forward pass over the branches of `group`: branch i feeds rest tokens a..e-2 of
     segment i at positions bounds[i].., seeing text[:bounds[i]] and its own earlier tokens; its
-    logits score rest tokens a+1..e-1 (token a is scored from the cached text's logits)."""
+    logits score rest tokens a+1..e-1 (token a is scored from the cached text's logits), those
+    whose text position `counts` marks (all when None)."""
     import torch
 
     sizes = [rests[i][1] - rests[i][0] - 1 for i in group]
@@ -357,8 +356,8 @@ def _run_ablation_group(model: Any, cache: Any, cache_kw: str, L: int, text: lis
         a, _ = rests[i]
         nxt = torch.tensor(text[a + 1:a + 1 + m], device=logp.device)
         lp = logp[off:off + m].gather(-1, nxt[:, None])[:, 0]
-        if counted is not None:
-            lp = lp[torch.tensor([bool(counted[t]) for t in text[a + 1:a + 1 + m]], device=lp.device)]
+        if counts is not None:
+            lp = lp[torch.tensor(counts[a + 1:a + 1 + m], device=lp.device)]
         without[i] += float(lp.sum())
         off += m
 
