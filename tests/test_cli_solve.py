@@ -82,6 +82,8 @@ def test_samples_and_solo_mode(tmp_path):
     recs = [json.loads(x) for x in out.read_text().splitlines()]
     assert sorted(r["id"] for r in recs) == ["p0#0", "p0#1"]
     assert all(r["mode"] == "short" and r["num_turns"] == 1 for r in recs)
+    # --max-new-tokens caps a solo answer as it caps a turn (the meaning `eval` and `serve` share)
+    assert all(0 < r["tokens"]["total"] <= 6 for r in recs)
 
 
 @pytest.mark.parametrize("args,needle", [

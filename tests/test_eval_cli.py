@@ -98,6 +98,9 @@ def test_baseline_gives_aes_and_compare_plots(base_run, tmp_path, shared_dir, ca
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["mode"] == "long" and m["tokens"]["short"] == 0
+    # --max-new-tokens means one thing in every command: the most one generation writes (solo too)
+    assert m["config"]["collab"]["solo_max_new_tokens"] == 8
+    assert all(0 < p["tokens"]["total"] <= 8 for p in _lines(out / "predictions.jsonl"))
     assert m["aes"]["baseline_dir"] == str(base_run) and m["aes"]["same_problems"] is True
     assert m["aes"]["baseline_tokens"] == json.loads((base_run / "metrics.json").read_text())["tokens"]["total"]
     assert "AES" in (out / "report.md").read_text()

@@ -26,10 +26,12 @@ def version() -> None:
     print(__version__)
 
 
-def config_option(model: type, field: str, *decls: str, help: str, **kw: object) -> object:
+def config_option(model: type, field: str, *decls: str, help: str, annotated: bool = False,
+                  **kw: object) -> object:
     """A typer option for a stage config's `field` whose default is the config's own: the flag
     defaults to None ("not given", so the config's value applies) and its help names that value,
-    read from the config class, so a default lives in one place.
+    read from the config class, so a default lives in one place. `annotated`: for
+    ``Annotated[T, config_option(...)] = None`` parameters (typer then takes no default here).
 
     >>> from pydantic import BaseModel
     >>> class C(BaseModel):
@@ -37,9 +39,30 @@ def config_option(model: type, field: str, *decls: str, help: str, **kw: object)
     >>> config_option(C, "rollouts", help="Continuations per prefix.").help
     'Continuations per prefix. (default: 5)'
     """
-    info = model.model_fields[field]  # type: ignore[attr-defined]
-    default = info.get_default(call_default_factory=True)
-    return typer.Option(None, *decls, help=f"{help} (default: {default})", show_default=False, **kw)
+    default = config_default(model, field)
+    text = help if default is None else f"{help} (default: {default})"  # None: `help` says what applies
+    if annotated:
+        return typer.Option(*decls, help=text, show_default=False, **kw)
+    return typer.Option(None, *decls, help=text, show_default=False, **kw)
+
+
+def config_default(model: type, field: str) -> object:
+    """The default of a config's `field`; a dotted name reaches into a nested config
+    ("dialogue.max_turns": the `max_turns` of the `dialogue` field's default).
+
+    >>> from pydantic import BaseModel, Field
+    >>> class Inner(BaseModel):
+    ...     turns: int = 4
+    >>> class Outer(BaseModel):
+    ...     inner: Inner = Field(default_factory=lambda: Inner(turns=2))
+    >>> config_default(Outer, "inner.turns")
+    2
+    """
+    head, _, rest = field.partition(".")
+    value = model.model_fields[head].get_default(call_default_factory=True)  # type: ignore[attr-defined]
+    for part in rest.split(".") if rest else ():
+        value = getattr(value, part)
+    return value
 
 
 def given(**options: object) -> dict[str, object]:

@@ -18,8 +18,11 @@ from typing import Annotated
 
 import typer
 
-from longshort.cli.app import app
+from longshort.cli.app import app, config_option
+from longshort.dialogue.collab import CollabConfig
 from longshort.errors import InputError
+from longshort.evaluation.grading import GradingConfig
+from longshort.harness import EvalConfig
 
 _MODES = ("collab", "long", "short")
 
@@ -33,17 +36,19 @@ def eval_command(
     samples: Annotated[int, typer.Option(min=1, help="Samples per problem (Pass@1 over k)")] = 1,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N problems")] = None,
     baseline: Annotated[Path | None, typer.Option(help="Finished run directory to compute AES against")] = None,
-    long: Annotated[str | None, typer.Option("--long", help="Long-thought model spec (default: smollm2-135m)")] = None,
-    short: Annotated[str | None, typer.Option("--short", help="Short-thought model spec (default: smollm2-135m)")] = None,
-    engine: Annotated[str | None, typer.Option(help="transformers (default), openai, vllm")] = None,
+    long: Annotated[str | None, config_option(EvalConfig, "long_model", "--long", annotated=True, help="Long-thought model spec")] = None,
+    short: Annotated[str | None, config_option(EvalConfig, "short_model", "--short", annotated=True, help="Short-thought model spec")] = None,
+    engine: Annotated[str | None, config_option(EvalConfig, "engine", annotated=True, help="transformers, openai, vllm")] = None,
     base_url: Annotated[str | None, typer.Option(help="Server URL for --engine openai")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Benchmark data directory (default: $LONGSHORT_DATA or ../shared/benchmarks)")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Token limit per turn, both roles (default: 1024 long / 512 short)")] = None,
-    max_turns: Annotated[int | None, typer.Option(min=1, help="Most long turns per dialogue (default: 4)")] = None,
-    temperature: Annotated[float | None, typer.Option(min=0.0, help="Sampling temperature (default: 0.7)")] = None,
-    seed: Annotated[int | None, typer.Option(help="Base seed (default: 0)")] = None,
-    grading_timeout: Annotated[float | None, typer.Option(min=0.01, help="Seconds to grade one answer (default: 5)")] = None,
-    interval: Annotated[str | None, typer.Option(help="Pass@1 interval: auto or bootstrap (default: auto; see docs/evaluation.md)")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Most tokens one generation writes: every turn of either role, and a solo answer (--mode long|short) (default: 1024 long / 512 short; solo: the dialogue's whole budget)")] = None,
+    max_new_tokens_long: Annotated[int | None, config_option(CollabConfig, "max_new_tokens_long", annotated=True, min=1, help="Long turn limit, over --max-new-tokens")] = None,
+    max_new_tokens_short: Annotated[int | None, config_option(CollabConfig, "max_new_tokens_short", annotated=True, min=1, help="Short turn limit, over --max-new-tokens")] = None,
+    max_turns: Annotated[int | None, config_option(CollabConfig, "max_turns", annotated=True, min=1, help="Most long turns per dialogue")] = None,
+    temperature: Annotated[float | None, config_option(CollabConfig, "temperature", annotated=True, min=0.0, help="Sampling temperature")] = None,
+    seed: Annotated[int | None, config_option(EvalConfig, "seed", annotated=True, help="Base seed")] = None,
+    grading_timeout: Annotated[float | None, config_option(GradingConfig, "timeout", annotated=True, min=0.01, help="Seconds to grade one answer")] = None,
+    interval: Annotated[str | None, config_option(EvalConfig, "interval", annotated=True, help="Pass@1 interval: auto, bootstrap or normal (see docs/evaluation.md)")] = None,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip and count bad benchmark records instead of stopping")] = False,
     resume: Annotated[bool, typer.Option(help="Skip records already in predictions.jsonl")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
@@ -51,7 +56,7 @@ def eval_command(
     """Evaluate a model pair (or one model) on a benchmark: Pass@1, tokens, AES."""
     from pydantic import ValidationError
 
-    from longshort.harness import EvalConfig, run_eval
+    from longshort.harness import run_eval
 
     if mode not in _MODES:
         raise InputError(f"unknown mode {mode!r}; expected one of {', '.join(_MODES)}", field="mode")
@@ -60,8 +65,8 @@ def eval_command(
         "long_model": long, "short_model": short, "engine": engine, "base_url": base_url,
         "data_dir": str(data_dir) if data_dir else None, "seed": seed, "interval": interval,
         "baseline_dir": str(baseline) if baseline else None, "skip_bad": skip_bad or None}.items() if v is not None}
-    collab = {k: v for k, v in {"max_new_tokens_long": max_new_tokens, "max_new_tokens_short": max_new_tokens,
-                                 "max_turns": max_turns, "temperature": temperature}.items() if v is not None}
+    collab = {**CollabConfig.token_flags(max_new_tokens, long=max_new_tokens_long, short=max_new_tokens_short),
+              **{k: v for k, v in {"max_turns": max_turns, "temperature": temperature}.items() if v is not None}}
     try:
         cfg = EvalConfig(**overrides, collab=collab,
                          grading={"timeout": grading_timeout} if grading_timeout else {})

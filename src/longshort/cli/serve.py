@@ -41,7 +41,7 @@ def serve(
     allowed_host: list[str] = typer.Option(None, "--allowed-host", help=_help("allowed_hosts") + " (repeatable)"),
     cors_origin: list[str] = typer.Option(None, "--cors-origin", help=_help("cors_origins") + " (repeatable)"),
     max_turns: int = typer.Option(None, help="long turns per dialogue (solver default if unset)"),
-    max_new_tokens: int = typer.Option(None, help="per-turn token limit for both roles (solver default if unset)"),
+    max_new_tokens: int = typer.Option(None, help="most tokens one generation writes: every turn of either role (solver default if unset)"),
     temperature: float = typer.Option(None, help="default sampling temperature (solver default if unset)"),
     seed: int = typer.Option(None, help="default sampling seed"),
     log_level: str = typer.Option("info", help="uvicorn log level"),
@@ -55,12 +55,9 @@ def serve(
 
     if not 0 < port < 65536:
         raise LongshortError(f"--port {port}: must be between 1 and 65535")
-    collab_update = {}
+    collab_update: dict = CollabConfig.token_flags(max_new_tokens)
     if max_turns is not None:
         collab_update["max_turns"] = max_turns
-    if max_new_tokens is not None:
-        collab_update["max_new_tokens_long"] = max_new_tokens
-        collab_update["max_new_tokens_short"] = max_new_tokens
     if temperature is not None:
         collab_update["temperature"] = temperature
     if seed is not None:

@@ -16,15 +16,14 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 
-from longshort.cli.app import app
+from longshort.cli.app import app, config_option
+from longshort.dialogue.collab import CollabConfig
 from longshort.errors import InputError, LongshortError
 
 ROLE_STYLE = {"long": "magenta", "short": "green"}
 
 
-def _config(overrides: dict[str, Any]):
-    from longshort.dialogue.collab import CollabConfig
-
+def _config(overrides: dict[str, Any]) -> CollabConfig:
     try:
         return CollabConfig(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
@@ -141,14 +140,17 @@ def solve(
     engine: str = typer.Option("transformers", "--engine", help="transformers | openai | vllm."),
     base_url: str | None = typer.Option(None, "--base-url", help="OpenAI-compatible server (--engine openai)."),
     mode: str = typer.Option("collab", "--mode", help="collab (the pair) | long | short (one model alone)."),
-    max_turns: int | None = typer.Option(None, "--max-turns", min=1, help="Most long turns per dialogue [4]."),
+    max_turns: int | None = config_option(CollabConfig, "max_turns", "--max-turns", min=1, help="Most long turns per dialogue."),
     max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1,
-                                              help="Token limit of every turn (both roles)."),
-    max_new_tokens_long: int | None = typer.Option(None, "--max-new-tokens-long", min=1, help="Long turn limit [1024]."),
-    max_new_tokens_short: int | None = typer.Option(None, "--max-new-tokens-short", min=1, help="Short turn limit [512]."),
-    temperature: float | None = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature [0.7]; 0 = greedy."),
-    seed: int | None = typer.Option(None, "--seed", help="Base seed [0]."),
-    samples: int | None = typer.Option(None, "--samples", min=1, help="Dialogues per problem [1]."),
+                                              help="Most tokens one generation writes: every turn of either role, and a solo answer (--mode long|short)."),
+    max_new_tokens_long: int | None = config_option(CollabConfig, "max_new_tokens_long", "--max-new-tokens-long", min=1,
+                                                    help="Long turn limit, over --max-new-tokens."),
+    max_new_tokens_short: int | None = config_option(CollabConfig, "max_new_tokens_short", "--max-new-tokens-short",
+                                                     min=1, help="Short turn limit, over --max-new-tokens."),
+    temperature: float | None = config_option(CollabConfig, "temperature", "--temperature", min=0.0,
+                                              help="Sampling temperature; 0 = greedy."),
+    seed: int | None = config_option(CollabConfig, "seed", "--seed", help="Base seed."),
+    samples: int | None = config_option(CollabConfig, "samples", "--samples", min=1, help="Dialogues per problem."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and count) malformed lines of --file."),
     show: bool | None = typer.Option(None, "--show/--no-show", help="Print each dialogue (default: only for a "
                                                                    "single problem)."),
@@ -167,9 +169,7 @@ def solve(
         raise LongshortError(f"--mode: unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     config = _config({
         "max_turns": max_turns, "temperature": temperature, "seed": seed, "samples": samples,
-        "max_new_tokens_long": max_new_tokens_long or max_new_tokens,
-        "max_new_tokens_short": max_new_tokens_short or max_new_tokens,
-        "solo_max_new_tokens": max_new_tokens,
+        **CollabConfig.token_flags(max_new_tokens, long=max_new_tokens_long, short=max_new_tokens_short),
     })
     if file is not None:
         problems = _load_problems(file, skip_bad)

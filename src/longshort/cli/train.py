@@ -15,8 +15,10 @@ from typing import Any
 
 import typer
 
-from longshort.cli.app import app
+from longshort.cli.app import app, config_option
 from longshort.errors import InputError, LongshortError
+from longshort.training.rl_config import RLRunConfig
+from longshort.training.sft import SFTRunConfig
 
 MODEL_HELP = "model spec (smollm2-135m, tiny-random, a local model dir, a hub id)"
 
@@ -119,23 +121,23 @@ def sft(
     data: Path = typer.Option(..., help="SFT JSONL of that role (written by `longshort coldstart`)"),
     model: str = typer.Option(..., help=MODEL_HELP),
     out: Path = typer.Option(..., help="output dir: final model (a loadable model dir), checkpoints/, logs"),
-    max_steps: int | None = typer.Option(None, min=1, help="optimizer steps (default: --epochs passes)"),
-    epochs: float | None = typer.Option(None, help="passes over the data (default 2)"),
-    lora: bool | None = typer.Option(None, "--lora/--full", help="LoRA adapters (merged on save) or all weights"),
-    lr: float | None = typer.Option(None, help="learning rate (default 1e-5 full, 2e-4 LoRA)"),
-    batch_size: int | None = typer.Option(None, min=1, help="examples per device per step (default 4)"),
-    grad_accum: int | None = typer.Option(None, min=1, help="gradient accumulation steps (default 1)"),
-    max_length: int | None = typer.Option(None, min=1, help="max tokens per example (default 4096)"),
-    save_steps: int | None = typer.Option(None, min=1, help="checkpoint every N steps (default 200)"),
-    precision: str | None = typer.Option(None, help="auto | fp32 | bf16 | fp16"),
-    report_to: str | None = typer.Option(None, help="tensorboard (default) | wandb | tensorboard,wandb | none"),
+    max_steps: int | None = config_option(SFTRunConfig, "max_steps", min=1, help="optimizer steps; the default -1 runs --epochs passes"),
+    epochs: float | None = config_option(SFTRunConfig, "epochs", help="passes over the data"),
+    lora: bool | None = config_option(SFTRunConfig, "lora", "--lora/--full", help="LoRA adapters (merged on save) or all weights"),
+    lr: float | None = config_option(SFTRunConfig, "lr", help="learning rate (default 1e-5 full, 2e-4 LoRA)"),
+    batch_size: int | None = config_option(SFTRunConfig, "batch_size", min=1, help="examples per device per step"),
+    grad_accum: int | None = config_option(SFTRunConfig, "grad_accum", min=1, help="gradient accumulation steps"),
+    max_length: int | None = config_option(SFTRunConfig, "max_length", min=1, help="max tokens per example (longer ones are dropped and counted)"),
+    save_steps: int | None = config_option(SFTRunConfig, "save_steps", min=1, help="checkpoint every N steps"),
+    precision: str | None = config_option(SFTRunConfig, "precision", help="auto | fp32 | bf16 | fp16"),
+    report_to: str | None = config_option(SFTRunConfig, "report_to", help="tensorboard | wandb | tensorboard,wandb | none"),
     resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in OUT"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="skip (and count) bad records instead of stopping"),
-    seed: int | None = typer.Option(None, help="random seed (default 0)"),
+    seed: int | None = config_option(SFTRunConfig, "seed", help="random seed"),
     config: Path | None = typer.Option(None, help="YAML/JSON file with SFTRunConfig fields (options override)"),
 ) -> None:
     """Cold-start SFT of one role on its turns (loss on the turn only)."""
-    from longshort.training.sft import SFTRunConfig, run_sft
+    from longshort.training.sft import run_sft
 
     _check_paths(data, out)
     cfg = _build(SFTRunConfig, _file_config(config), dict(
@@ -152,37 +154,37 @@ def rl(
     short: str = typer.Option(..., help="short-thought model: " + MODEL_HELP),
     data: Path = typer.Option(..., help="problems JSONL with problem + answer"),
     out: Path = typer.Option(..., help="output dir: iter{k}_{role}/ models, checkpoints/, logs"),
-    iterations: int | None = typer.Option(None, min=1, help="alternating iterations K (default 2)"),
-    first: str | None = typer.Option(None, help="role trained first: long (default) | short"),
-    max_steps: int | None = typer.Option(None, min=1, help="optimizer steps per iteration (default: --epochs passes)"),
-    epochs: float | None = typer.Option(None, help="passes over the problems per iteration (default 1)"),
-    num_generations: int | None = typer.Option(None, min=1, help="dialogues per problem, the GRPO group (default 4)"),
-    batch_size: int | None = typer.Option(None, min=1, help="dialogues per device per step, a multiple of "
-                                           "--num-generations (default 8)"),
-    grad_accum: int | None = typer.Option(None, min=1, help="gradient accumulation steps (default 1)"),
-    lr: float | None = typer.Option(None, help="learning rate (default 1e-6)"),
-    beta: float | None = typer.Option(None, help="KL coefficient (default 0: no reference model)"),
-    temperature: float | None = typer.Option(None, help="sampling temperature of the trained role (default 1.0)"),
-    max_turns: int | None = typer.Option(None, min=1, help="long turns per dialogue (default 4)"),
-    max_new_tokens_long: int | None = typer.Option(None, min=1, help="token limit of a long turn (default 512)"),
-    max_new_tokens_short: int | None = typer.Option(None, min=1, help="token limit of a short turn (default 256)"),
-    correctness_weight: float | None = typer.Option(None, help="weight of the correctness reward (default 1.0)"),
-    format_weight: float | None = typer.Option(None, help="weight of the format reward (default 0.2)"),
-    length_weight: float | None = typer.Option(None, help="weight of the length bonus (default 0.3)"),
-    length_budget: int | None = typer.Option(None, min=1, help="tokens at which the length bonus is 0 (default 2048)"),
+    iterations: int | None = config_option(RLRunConfig, "iterations", min=1, help="alternating iterations K"),
+    first: str | None = config_option(RLRunConfig, "first", help="role trained first: long | short"),
+    max_steps: int | None = config_option(RLRunConfig, "max_steps", min=1, help="optimizer steps per iteration; the default -1 runs --epochs passes"),
+    epochs: float | None = config_option(RLRunConfig, "epochs", help="passes over the problems per iteration"),
+    num_generations: int | None = config_option(RLRunConfig, "num_generations", min=1, help="dialogues per problem, the GRPO group"),
+    batch_size: int | None = config_option(RLRunConfig, "batch_size", min=1, help="dialogues per device per step, a multiple of "
+                                           "--num-generations"),
+    grad_accum: int | None = config_option(RLRunConfig, "grad_accum", min=1, help="gradient accumulation steps"),
+    lr: float | None = config_option(RLRunConfig, "lr", help="learning rate"),
+    beta: float | None = config_option(RLRunConfig, "beta", help="KL coefficient (0: no reference model)"),
+    temperature: float | None = config_option(RLRunConfig, "temperature", help="sampling temperature of the trained role"),
+    max_turns: int | None = config_option(RLRunConfig, "dialogue.max_turns", min=1, help="long turns per dialogue"),
+    max_new_tokens_long: int | None = config_option(RLRunConfig, "dialogue.max_new_tokens_long", min=1, help="token limit of a long turn"),
+    max_new_tokens_short: int | None = config_option(RLRunConfig, "dialogue.max_new_tokens_short", min=1, help="token limit of a short turn"),
+    correctness_weight: float | None = config_option(RLRunConfig, "rewards.correctness_weight", help="weight of the correctness reward"),
+    format_weight: float | None = config_option(RLRunConfig, "rewards.format_weight", help="weight of the format reward"),
+    length_weight: float | None = config_option(RLRunConfig, "rewards.length_weight", help="weight of the length bonus"),
+    length_budget: int | None = config_option(RLRunConfig, "rewards.length_budget", min=1, help="tokens at which the length bonus is 0"),
     partner_base_url: str | None = typer.Option(None, help="OpenAI-compatible server serving the frozen partner "
                                                 "(its model name: the partner's --long/--short value)"),
-    lora: bool | None = typer.Option(None, "--lora/--full", help="LoRA adapters (merged on save) or all weights"),
-    save_steps: int | None = typer.Option(None, min=1, help="checkpoint every N steps (default 50)"),
-    precision: str | None = typer.Option(None, help="auto | fp32 | bf16 | fp16"),
-    report_to: str | None = typer.Option(None, help="tensorboard (default) | wandb | tensorboard,wandb | none"),
+    lora: bool | None = config_option(RLRunConfig, "lora", "--lora/--full", help="LoRA adapters (merged on save) or all weights"),
+    save_steps: int | None = config_option(RLRunConfig, "save_steps", min=1, help="checkpoint every N steps"),
+    precision: str | None = config_option(RLRunConfig, "precision", help="auto | fp32 | bf16 | fp16"),
+    report_to: str | None = config_option(RLRunConfig, "report_to", help="tensorboard | wandb | tensorboard,wandb | none"),
     resume: bool = typer.Option(False, "--resume", help="skip finished iterations, continue from checkpoints"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="skip (and count) bad problem records"),
-    seed: int | None = typer.Option(None, help="random seed (default 0)"),
+    seed: int | None = config_option(RLRunConfig, "seed", help="random seed"),
     config: Path | None = typer.Option(None, help="YAML/JSON file with RLRunConfig fields (options override)"),
 ) -> None:
     """Multi-turn RL of the pair: train one role with the partner frozen, save, swap (K iterations)."""
-    from longshort.training.rl import RLRunConfig, run_rl
+    from longshort.training.rl import run_rl
 
     _check_paths(data, out)
     _check_problems(data, skip_bad)

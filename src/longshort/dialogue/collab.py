@@ -101,6 +101,23 @@ class CollabConfig(BaseModel):
         64, ge=1, description="Dialogues in flight at once (64: fills an engine batch on CPU, while an "
                               "interruption loses at most this many unfinished dialogues).")
 
+    @staticmethod
+    def token_flags(max_new_tokens: int | None = None, *, long: int | None = None,
+                    short: int | None = None) -> dict[str, int]:
+        """The overrides of the CLI's token flags (`solve`, `eval`, `serve`): one meaning each.
+        `--max-new-tokens N` is the most tokens one generation may write: each turn of either
+        role, and a solo answer (modes long/short, one generation); `--max-new-tokens-long`/
+        `-short` override it for one role's turns. Flags not given leave the defaults.
+
+        >>> CollabConfig.token_flags(256)
+        {'max_new_tokens_long': 256, 'max_new_tokens_short': 256, 'solo_max_new_tokens': 256}
+        >>> CollabConfig.token_flags(short=64)
+        {'max_new_tokens_short': 64}
+        """
+        out = {"max_new_tokens_long": long or max_new_tokens, "max_new_tokens_short": short or max_new_tokens,
+               "solo_max_new_tokens": max_new_tokens}
+        return {k: v for k, v in out.items() if v is not None}
+
     def solo_limit(self) -> int:
         if self.solo_max_new_tokens is not None:
             return self.solo_max_new_tokens

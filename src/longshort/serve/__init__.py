@@ -15,11 +15,21 @@ Modules, one topic each:
 - `app`: `create_app` (thin routes) and `serve` (uvicorn).
 """
 
-from longshort.serve.app import create_app, serve
-from longshort.serve.config import ServeConfig
-from longshort.serve.handlers import Handlers
-from longshort.serve.protocol import APIError
-from longshort.serve.sampling import answer_text, pair_config, single_params
+from __future__ import annotations
 
-__all__ = ["APIError", "Handlers", "ServeConfig", "answer_text", "create_app", "pair_config", "serve",
-           "single_params"]
+import importlib
+from typing import Any
+
+# Exported names and their modules, imported on first use (PEP 562): reading `serve.config`
+# (as the CLI does for its help texts) must not pull in FastAPI and uvicorn.
+_EXPORTS = {"create_app": "app", "serve": "app", "ServeConfig": "config", "Handlers": "handlers",
+            "APIError": "protocol", "answer_text": "sampling", "pair_config": "sampling",
+            "single_params": "sampling"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from longshort.engines.hf import sample_tokens
+from longshort.engines.probe import cache_kwarg
 
 
 @dataclass
@@ -31,8 +32,6 @@ def policy_generate(model: Any, tokenizer: Any, sequences: list[list[int]], *, m
     """Sample one turn for each token sequence (left-padded batch, KV cache), stopping a row at
     EOS, at the first stop string, or after `max_new_tokens`. Logprobs are those of the
     sampling distribution (logits / temperature), as TRL computes them for the loss."""
-    import inspect
-
     import torch
     from transformers import DynamicCache
 
@@ -42,7 +41,7 @@ def policy_generate(model: Any, tokenizer: Any, sequences: list[list[int]], *, m
     for src in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
         if src is not None:
             eos.update(src if isinstance(src, (list, tuple)) else [src])
-    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache_kw = cache_kwarg(model)
     B, L = len(sequences), max(len(s) for s in sequences)
     # The engine's sampler (one home for sampling): counter-based uniforms per row, seeded from
     # torch's global generator so that `torch.manual_seed` (the trainer's seed) fixes the rollout.
