@@ -86,13 +86,14 @@ def test_dialogues_follow_the_protocol_and_sft_format():
 def test_assignment_threshold_ratio_and_opening():
     th = [{"score": s} for s in (0.0, 0.5, -0.1, 0.2, None, 0.05)]
     # roles follow the score alone; the short opening is compressed into the first long turn
-    assert assign_roles(th) == (["short", "long", "short", "long", "short", "long"], ["opening_compressed"])
-    # the default cut is relative: 0.25 x mean positive score per thought (0.75 / 5 = 0.15 -> 0.0375)
-    roles, _ = assign_roles(th, ColdStartConfig(relative=0.5))  # cut 0.075: the 0.05 thought goes short
+    assert assign_roles(th, ColdStartConfig(relative=0.25)) == (["short", "long", "short", "long", "short", "long"],
+                                                                ["opening_compressed"])
+    # the default cut is relative: 0.5 x mean positive score per thought (0.75 / 5 = 0.15 -> 0.075)
+    roles, _ = assign_roles(th)  # cut 0.075: the 0.05 thought goes short
     assert roles == ["short", "long", "short", "long", "short", "short"]
     scaled = [{"score": None if t["score"] is None else t["score"] * 40} for t in th]
     assert assign_roles(scaled, ColdStartConfig(relative=0.5))[0] == roles  # scale-free
-    assert assign_roles(th, ColdStartConfig(relative=0.0))[0] == assign_roles(th)[0]
+    assert assign_roles(th, ColdStartConfig(relative=0.0))[0] == assign_roles(th, ColdStartConfig(relative=0.25))[0]
     roles, flags = assign_roles(th, ColdStartConfig(opening="long"))
     assert roles[0] == "long" and flags == ["opening_given_long"]
     roles, _ = assign_roles(th, ColdStartConfig(threshold=0.1))
