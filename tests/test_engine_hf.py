@@ -53,6 +53,22 @@ def test_render_applies_template_and_assistant_prefix(engine):
     assert engine.render(GenerationRequest(prompt="raw text")) == "raw text"
 
 
+def test_token_id_prompts_are_used_as_they_are(engine):
+    req = chat(QUESTIONS[1], temperature=0.9, max_new_tokens=10, seed=7, logprobs=True)
+    ids = engine.encode(engine.render(req))
+    by_ids = GenerationRequest(prompt_token_ids=ids, params=req.params)
+    a, b = engine.generate([req, by_ids])
+    assert a.completions[0].token_ids == b.completions[0].token_ids and a.prompt_tokens == b.prompt_tokens == len(ids)
+    assert a.completions[0].logprobs == b.completions[0].logprobs
+    assert engine.render(by_ids) == engine.tokenizer.decode(ids, skip_special_tokens=False)
+    with pytest.raises(ValueError, match="exactly one"):
+        GenerationRequest(prompt="x", prompt_token_ids=[1])
+    with pytest.raises(ValueError, match="exactly one"):
+        GenerationRequest()
+    with pytest.raises(ValueError, match="assistant_prefix"):
+        GenerationRequest(prompt_token_ids=[1], assistant_prefix="<think>")
+
+
 def test_seeds_reproducible_independent_of_batch_and_samples_differ(engine):
     req = chat(QUESTIONS[0], temperature=1.0, max_new_tokens=10, n=3, seed=123)
     alone = engine.generate([req])[0].completions

@@ -179,6 +179,15 @@ def test_raw_prompt_uses_completions_and_n_samples_count_tokens_per_choice(serve
     assert all(c.logprobs is None for c in res.completions)
 
 
+def test_token_id_prompt_goes_as_the_token_array_prompt(server):
+    state, url = server
+    eng = OpenAIEngine("m", base_url=url)
+    res = eng.generate([GenerationRequest(prompt_token_ids=[5, 6, 7], params=SamplingParams(max_new_tokens=4))])[0]
+    kind, body = state.bodies[-1]
+    assert kind == "completions" and body["prompt"] == [5, 6, 7]
+    assert res.completions[0].text == "raw[[5, 6, 7]]#0"
+
+
 def test_retries_with_backoff_then_succeeds(server):
     state, url = server
     state.fail_next = 2

@@ -1,8 +1,9 @@
 """The one generation interface every backend implements (DESIGN §3).
 
 A request is chat messages (optionally with the beginning of the assistant's reply to
-continue, used by Monte Carlo rollouts) or a raw, already-templated prompt, plus sampling
-parameters. A result holds `n` completions, each with its text, generated-token count, finish
+continue, used by Monte Carlo rollouts), a raw, already-templated prompt, or the prompt's token
+ids (vLLM's `prompt_token_ids`: RL samples the policy on exactly the ids its loss sees), plus
+sampling parameters. A result holds `n` completions, each with its text, generated-token count, finish
 reason and, when asked, per-token logprobs. Engines batch internally; callers hand over as many
 requests as they have.
 """
@@ -42,19 +43,25 @@ class SamplingParams:
 
 @dataclass
 class GenerationRequest:
-    """One prompt: either `messages` (chat, rendered by the engine with the model's template)
-    or `prompt` (raw text, sent as is). `assistant_prefix` is appended after the generation
-    prompt so the model continues a partial reply (Monte Carlo rollouts)."""
+    """One prompt: `messages` (chat, rendered by the engine with the model's template),
+    `prompt` (raw text, sent as is) or `prompt_token_ids` (token ids, used as they are: no
+    template, no encoding; transformers and vLLM engines). `assistant_prefix` is appended after
+    the generation prompt so the model continues a partial reply (Monte Carlo rollouts)."""
 
     messages: list[Message] | None = None
     prompt: str | None = None
     assistant_prefix: str = ""
     params: SamplingParams = field(default_factory=SamplingParams)
     meta: dict[str, Any] = field(default_factory=dict)  # caller's bookkeeping, passed through
+    prompt_token_ids: list[int] | None = None
 
     def __post_init__(self) -> None:
-        if (self.messages is None) == (self.prompt is None):
-            raise ValueError("GenerationRequest needs exactly one of `messages` or `prompt`")
+        given = sum(x is not None for x in (self.messages, self.prompt, self.prompt_token_ids))
+        if given != 1:
+            raise ValueError("GenerationRequest needs exactly one of `messages`, `prompt` or `prompt_token_ids`")
+        if self.prompt_token_ids is not None and self.assistant_prefix:
+            raise ValueError("`assistant_prefix` goes with `messages` or `prompt`; append its ids to "
+                             "`prompt_token_ids` instead")
 
 
 FinishReason = Literal["stop", "length"]

@@ -204,7 +204,9 @@ class HFEngine(Engine):
 
     def render(self, request: GenerationRequest) -> str:
         """The exact text the model is given: chat template + generation prompt + assistant prefix,
-        or the raw prompt (+ prefix)."""
+        or the raw prompt (+ prefix), or the token ids decoded."""
+        if request.prompt_token_ids is not None:
+            return self.tokenizer.decode(request.prompt_token_ids, skip_special_tokens=False)
         if request.prompt is not None:
             return request.prompt + request.assistant_prefix
         text = self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
@@ -235,7 +237,8 @@ class HFEngine(Engine):
                 raise LongshortError(f"request {i}: n and max_new_tokens must be >= 1 (got {p.n}, {p.max_new_tokens})")
             if p.temperature < 0 or not 0 < p.top_p <= 1:
                 raise LongshortError(f"request {i}: need temperature >= 0 and 0 < top_p <= 1")
-        prompts = [self.encode(self.render(r)) for r in requests]
+        prompts = [list(r.prompt_token_ids) if r.prompt_token_ids is not None else self.encode(self.render(r))
+                   for r in requests]
         context = self._context_length()
         for i, ids in enumerate(prompts):
             if not ids:

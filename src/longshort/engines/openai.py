@@ -154,7 +154,9 @@ class OpenAIEngine(Engine):
             if want_lp:
                 body["logprobs"] = True
             return "/chat/completions", body
-        body["prompt"] = req.prompt + req.assistant_prefix
+        # token ids go as the OpenAI completions API's token-array prompt (vLLM accepts it)
+        body["prompt"] = list(req.prompt_token_ids) if req.prompt_token_ids is not None else \
+            req.prompt + req.assistant_prefix
         if want_lp:
             body["logprobs"] = 1
         return "/completions", body
@@ -258,6 +260,8 @@ class OpenAIEngine(Engine):
         tok = self._local_tokenizer()
         if tok is None:
             raise LongshortError("render() with the openai engine needs tokenizer=<model spec>")
+        if request.prompt_token_ids is not None:
+            return tok.decode(request.prompt_token_ids, skip_special_tokens=False)
         if request.prompt is not None:
             return request.prompt + request.assistant_prefix
         return tok.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False) + \

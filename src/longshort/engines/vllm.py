@@ -71,6 +71,8 @@ class VLLMEngine(Engine):
                             tensor_parallel_size=c.tensor_parallel_size)
 
     def render(self, request: GenerationRequest) -> str:
+        if request.prompt_token_ids is not None:
+            return self.tokenizer.decode(request.prompt_token_ids, skip_special_tokens=False)
         if request.prompt is not None:
             return request.prompt + request.assistant_prefix
         return self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False) \
@@ -102,7 +104,8 @@ class VLLMEngine(Engine):
         requests = list(requests)
         if not requests:
             return []
-        prompts = [{"prompt_token_ids": self.tokenizer(self.render(r), add_special_tokens=False)["input_ids"]}
+        prompts = [{"prompt_token_ids": list(r.prompt_token_ids) if r.prompt_token_ids is not None
+                    else self.tokenizer(self.render(r), add_special_tokens=False)["input_ids"]}
                    for r in requests]
         outputs = self.llm.generate(prompts, sampling_params=[self._params(r) for r in requests], use_tqdm=progress)
         results = []
