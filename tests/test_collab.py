@@ -127,6 +127,27 @@ def test_turn_order_batching_ending_rules_and_token_accounting():
     assert list(recs) == ["c", "a", "b"]
 
 
+def test_one_engine_for_both_roles_batches_long_and_short_turns_together():
+    scripts = {"c": [" " + "word " * 30],  # ends at its first long turn: b joins while a is on short
+               "a": [" plan </think>", " \\boxed{5} </answer>"],
+               "b": [" step </think>", " \\boxed{5} </answer>"]}
+    cfg = CFG.model_copy(update={"long_limit": "stop", "max_active": 2})
+    eng = ScriptedEngine(scripts)
+    one = {r["id"]: r for r in iter_solve(problems("c", "a", "b"), long_engine=eng, short_engine=eng, config=cfg)}
+    assert [[(c[0], c[1]) for c in call] for call in eng.calls] == [[("c", 0), ("a", 0)], [("a", 1), ("b", 0)],
+                                                                    [("b", 1)]]
+    # the mixed call gives each turn its own role's limit and stops
+    (_, _, _, short_p), (_, _, _, long_p) = eng.calls[1]
+    assert (short_p.max_new_tokens, long_p.max_new_tokens) == (10, 20) and "</answer>" in short_p.stop
+    # two engines (two models): one call per engine, and the same dialogues
+    long_eng, short_eng = ScriptedEngine(scripts), ScriptedEngine(scripts)
+    two = {r["id"]: r for r in iter_solve(problems("c", "a", "b"), long_engine=long_eng, short_engine=short_eng,
+                                          config=cfg)}
+    assert [[c[0] for c in call] for call in long_eng.calls] == [["c", "a"], ["b"]]
+    assert [[c[0] for c in call] for call in short_eng.calls] == [["a"], ["b"]]
+    assert {k: r["turns"] for k, r in one.items()} == {k: r["turns"] for k, r in two.items()}
+
+
 def test_a_long_turn_cut_at_its_limit_hands_back_by_default():
     scripts = {"c": [" " + "word " * 30, " so 5 \\boxed{5} </answer>"],
                "d": [" ok </think>", " " + "word " * 30]}  # a short turn at its limit still ends the dialogue

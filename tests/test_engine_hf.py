@@ -102,6 +102,36 @@ def test_kv_reuse_gives_the_same_samples_as_reencoding(engine):
         assert [c.token_ids for c in a.completions] == [c.token_ids for c in b.completions]
 
 
+def test_prompts_that_begin_other_prompts_decode_off_their_cache(engine):
+    """Monte Carlo prefixes of one trace (each extends the last), an identical prompt and an
+    unrelated one in one batch: encoded once per family, the same samples and logprobs as
+    encoding every prompt alone, greedy and sampled, on the dynamic and the static cache."""
+    base = engine.render(chat(QUESTIONS[3]))
+    steps = ["First, 17 * 20 = 340.", "\n\nThen 17 * 3 = 51.", "\n\nSo 340 + 51 = 391."]
+    texts = [base + "".join(steps[:i]) for i in range(len(steps) + 1)] + [base, engine.render(chat(QUESTIONS[2]))]
+    from longshort.engines.prefill import prefix_roots
+
+    assert prefix_roots([engine.encode(t) for t in texts]) == [3, 3, 3, 3, 3, 5]  # two families
+    for params in (dict(temperature=0.0, max_new_tokens=7), dict(temperature=1.0, top_p=0.9, max_new_tokens=9, n=3)):
+        reqs = [GenerationRequest(prompt=t, params=SamplingParams(seed=i, logprobs=True, **params))
+                for i, t in enumerate(texts)]
+        plain = HFEngine.from_model(engine.model, engine.tokenizer, reuse_prefix=False).generate(reqs)
+        for fast in ("off", "on"):
+            shared = HFEngine.from_model(engine.model, engine.tokenizer, fast_path=fast, compile=False).generate(reqs)
+            for a, b in zip(shared, plain, strict=True):
+                assert [c.token_ids for c in a.completions] == [c.token_ids for c in b.completions]
+                for ca, cb in zip(a.completions, b.completions, strict=True):
+                    assert ca.logprobs == pytest.approx(cb.logprobs, abs=1e-4)
+                assert a.prompt_tokens == b.prompt_tokens
+
+
+def test_prefix_roots_group_prompts_by_family():
+    from longshort.engines.prefill import prefix_roots
+
+    assert prefix_roots([[1], [1, 2], [1, 2, 3], [2, 1], [1, 2, 3]]) == [2, 2, 2, 3, 2]
+    assert prefix_roots([[5, 6], [5, 7]]) == [0, 1]  # a shared start that is neither prompt is no family
+
+
 def test_stop_strings_cut_text_and_report_the_stop(engine):
     base = chat(QUESTIONS[1], temperature=1.0, max_new_tokens=24, seed=7)
     full = engine.generate([base])[0].completions[0]

@@ -1,8 +1,10 @@
 """The collaborative solver: the batched two-model dialogue loop (DESIGN §4).
 
-`iter_solve` plays many dialogues at once. At each step every active dialogue that waits on
-one role is sent to that role's engine in a single `generate` call (the engine batches them),
-so the models decode dialogues side by side instead of one at a time. The long model speaks
+`iter_solve` plays many dialogues at once. At each step every active dialogue is sent, with
+its next turn, to that role's engine in a single `generate` call per engine (the engine batches
+them): when one model plays both roles (one engine), the long turns of some dialogues and the
+short turns of others decode in the same batch; the batch is refilled from the queue as
+dialogues finish. So the models decode dialogues side by side instead of one at a time. The long model speaks
 first; a dialogue ends when the short model closes with ``</answer>``, after `max_turns` long
 turns, or when a turn hits its token limit. A dialogue that ends without a final answer is
 graded on the last boxed answer seen (`protocol.final_answer`) and flagged.
@@ -274,25 +276,26 @@ def turn_limit(role: Role, config: CollabConfig, mode: str = "collab") -> int:
     return config.max_new_tokens_long if role == "long" else config.max_new_tokens_short
 
 
-def _step(role: Role, waiting: list[_Dialogue], engine: Engine, mode: str, config: CollabConfig) -> None:
-    """One batched generation call: the next turn of every dialogue in `waiting` (all on `role`)."""
+def _step(waiting: list[tuple[Role, _Dialogue]], engine: Engine, mode: str, config: CollabConfig) -> None:
+    """One batched generation call: the next turn of every dialogue in `waiting`, each on its
+    own role (one engine serves both roles when one model plays both: one batch for all)."""
     solo = mode != "collab"
-    stops, limit = turn_stops(role, config, mode), turn_limit(role, config, mode)
-    forced = OPEN_TAGS[role] if config.force_open_tag else ""
     requests = []
-    for d in waiting:
+    for role, d in waiting:
         messages, prefix = render_input(role, d.problem["problem"], d.turns, open_tag=config.force_open_tag,
                                         solo=solo)
-        params = SamplingParams(temperature=config.temperature, top_p=config.top_p, max_new_tokens=limit,
-                                stop=stops, n=1, seed=_turn_seed(config.seed, d.rid, len(d.turns)))
+        params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
+                                max_new_tokens=turn_limit(role, config, mode), stop=turn_stops(role, config, mode),
+                                n=1, seed=_turn_seed(config.seed, d.rid, len(d.turns)))
         requests.append(GenerationRequest(messages=messages, assistant_prefix=prefix, params=params,
                                           meta={"id": d.rid, "role": role, "turn": len(d.turns)}))
     results = engine.generate(requests)
     if len(results) != len(requests):
         raise RuntimeError(f"engine returned {len(results)} results for {len(requests)} requests")
     parse = parse_solo if solo else parse_turn
-    for d, res in zip(waiting, results, strict=True):
+    for (role, d), res in zip(waiting, results, strict=True):
         c = res.completions[0]
+        forced = OPEN_TAGS[role] if config.force_open_tag else ""
         turn = parse(role, forced + c.text, stop=c.stop, finish_reason=c.finish_reason, tokens=c.num_tokens)
         d.prompt_tokens[role] += int(res.prompt_tokens)
         _advance(d, turn, mode, config)
@@ -340,10 +343,12 @@ def iter_solve(problems: Iterable[dict[str, Any]], *, long_engine: Engine | None
         while queue or active:
             while queue and len(active) < config.max_active:
                 active.append(queue.popleft())
-            for role in ("long", "short"):
-                waiting = [d for d in active if d.end_reason is None and d.next_role == role]
+            # one call per engine: with one model in both roles, long and short turns share a batch
+            groups = [("long", "short")] if engines["long"] is engines["short"] else [("long",), ("short",)]
+            for roles in groups:
+                waiting = [(d.next_role, d) for d in active if d.end_reason is None and d.next_role in roles]
                 if waiting:
-                    _step(role, waiting, engines[role], mode, config)
+                    _step(waiting, engines[roles[0]], mode, config)
                 for d in [d for d in active if d.end_reason is not None]:
                     active.remove(d)
                     if bar is not None:

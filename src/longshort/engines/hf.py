@@ -5,8 +5,10 @@ row of one batch its own stop strings, seed, temperature and token limit. What i
 
 - batches requests with left padding, longest prompts first, rows capped by `batch_size` and by
   a token budget (rows × (prompt + new tokens)); on out-of-memory the batch is halved and retried;
-- `n > 1`: the shared prompt is encoded once and its KV cache copied for the n samples
-  (`reuse_prefix=False` re-encodes it per sample, the baseline for benchmarks);
+- shared prefixes are encoded once (`engines.prefill`): the n samples of a request, and any
+  prompt that begins another prompt of the batch (the Monte Carlo prefixes of one trace, RL's
+  group on one question) decode off that prompt's KV cache (`reuse_prefix=False` re-encodes
+  every row's prompt, the baseline for benchmarks);
 - per-row sampling (temperature, top-p, greedy when temperature is 0) with per-row seeds: the
   uniform number a row samples with comes from a counter-based hash of (seed, sample, step), so a
   seeded request gives the same completions whatever else is in its batch (up to floating-point
@@ -31,6 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from longshort.engines.base import Completion, Engine, GenerationRequest, GenerationResult
+from longshort.engines.prefill import prefill
 from longshort.engines.probe import cache_kwarg
 from longshort.engines.sampling import row_seed, row_uniform, sample_tokens  # noqa: F401 (re-exported)
 from longshort.errors import LongshortError
@@ -50,8 +53,9 @@ class HFEngineConfig(BaseModel):
         description="Max rows × (prompt + new tokens) per batch; None = derived from the KV-cache size "
                     "per token and ~2 GB on CPU / half the free GPU memory, so long prompts get fewer rows.")
     reuse_prefix: bool = Field(
-        True, description="Encode a prompt once and copy its KV cache for its n samples (False re-encodes "
-                          "per sample; only useful as a benchmark baseline).")
+        True, description="Encode shared prefixes once: a prompt's KV cache serves its n samples and every "
+                          "prompt of the batch that it begins (engines.prefill). False re-encodes each row's "
+                          "prompt; only useful as a benchmark baseline.")
     fast_path: Literal["auto", "on", "off"] = Field(
         "auto", description="Static KV cache + torch.compile'd decode step; auto = on when the model is on "
                             "CUDA (where it pays off), off on CPU (compilation costs more than it saves).")
@@ -325,28 +329,14 @@ class HFEngine(Engine):
         from transformers import DynamicCache
 
         dev = self.device
-        pad = self.tokenizer.pad_token_id
         # Row r of the decode batch is sample rows[r] = (unit index, request index, sample index).
         rows = [(ui, u.req, j) for ui, u in enumerate(units) for j in u.samples]
         R = len(rows)
         L = max(len(u.ids) for u in units)
-        prefill_units = list(range(len(units))) if self.config.reuse_prefix else [ui for ui, _, _ in rows]
-        ids = torch.full((len(prefill_units), L), pad, dtype=torch.long)
-        mask = torch.zeros((len(prefill_units), L), dtype=torch.long)
-        for k, ui in enumerate(prefill_units):
-            p = units[ui].ids
-            ids[k, L - len(p):] = torch.tensor(p)
-            mask[k, L - len(p):] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
-        logits = self._forward(cache, input_ids=ids, attention_mask=mask, position_ids=pos,
-                               logits_to_keep=1).logits[:, -1, :]
-        if self.config.reuse_prefix and len(prefill_units) != R:
-            expand = torch.tensor([ui for ui, _, _ in rows], device=dev)
-            cache.batch_select_indices(expand)
-            logits, mask, pos = logits[expand], mask[expand], pos[expand]
-        last_pos = pos[:, -1]
+        logits, mask, last_pos = prefill(self._forward, cache, [u.ids for u in units], [ui for ui, _, _ in rows],
+                                         pad=self.tokenizer.pad_token_id, device=dev,
+                                         reuse=self.config.reuse_prefix)
 
         params = [requests[q].params for _, q, _ in rows]
         max_new = [p.max_new_tokens for p in params]
