@@ -48,7 +48,6 @@ def prefill(forward: Callable[..., Any], cache: Any, prompts: Sequence[Sequence[
     each row's last position id (R)."""
     import torch
 
-    R = len(row_prompts)
     L = max(len(p) for p in prompts)
     root = prefix_roots(prompts) if reuse else list(range(len(prompts)))
     encoded = sorted(set(root[p] for p in row_prompts)) if reuse else list(row_prompts)
