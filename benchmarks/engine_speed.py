@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
+from _machine import header, load  # noqa: E402
 
 from longshort.engines.base import GenerationRequest, SamplingParams  # noqa: E402
 from longshort.engines.hf import HFEngine  # noqa: E402
@@ -102,6 +103,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=8, help="n per problem for --prefix-reuse")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args()
+    print(header())
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -142,6 +144,7 @@ def main() -> None:
         print(f"{'re-encode per sample':24}{n_dt:>10.2f}{n_tok:>12d}{n_tok / n_dt:>10.1f}")
         print(f"{'encode once, reuse KV':24}{r_dt:>10.2f}{r_tok:>12d}{r_tok / r_dt:>10.1f}")
         print(f"ratio reuse/re-encode: {(r_tok / r_dt) / (n_tok / n_dt):.2f}x tok/s")
+    print(f"load average at the end: {load()}")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ import threading
 import time
 from pathlib import Path
 
+from _machine import header
+
 from longshort.evaluation.benchmarks import load_benchmark
 from longshort.evaluation.grading import GradingConfig, extract_boxed, grade_detail
 
@@ -120,6 +122,7 @@ def main() -> None:
     ap.add_argument("--skip-eval", action="store_true")
     ap.add_argument("--skip-grading", action="store_true")
     args = ap.parse_args()
+    print(header())
     if not args.skip_grading:
         grading_part(args.data_dir)
     if not args.skip_eval:

@@ -1,9 +1,10 @@
 """Monte Carlo importance: prefix KV reuse vs re-encoding every rollout's prefix.
 
 Scores the same traces twice with the same model, rollouts and seeds: once with
-`HFEngine(reuse_prefix=True)` (the shared prompt + kept thoughts are encoded once per request
-and the KV cache copied for its R samples) and once with `reuse_prefix=False` (each of the R
-samples re-encodes the prefix). Traces: real long-CoT traces (../shared/longcot/, heuristic
+`HFEngine(reuse_prefix=True)` (shared prefixes encoded once, `engines.prefill`: the longest
+prefix of a trace goes through the model once, every shorter prefix and all R samples of each
+decode off its KV cache) and once with `reuse_prefix=False` (each of the R samples of each
+prefix re-encodes its whole prefix). Traces: real long-CoT traces (../shared/longcot/, heuristic
 thoughts) cut to about `--prefix-tokens` tokens of thinking, so that the longest prefixes are
 ~1k tokens. Only the prefixes whose length is at least half of that are scored (the rest of
 the thoughts are folded into the first one), so the prefixes are ~0.5k–1k tokens as in the
@@ -19,6 +20,8 @@ import argparse
 import statistics as st
 import time
 from pathlib import Path
+
+from _machine import header, load
 
 from longshort.dialogue.protocol import render_input
 from longshort.engines.base import GenerationRequest
@@ -73,6 +76,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=8)
     ap.add_argument("--file", type=Path, default=ROOT.parent / "shared" / "longcot" / "limo_r1_distill_qwen32b.jsonl")
     args = ap.parse_args()
+    print(header())
 
     reuse = HFEngine(args.model, reuse_prefix=True)
     # the same weights and tokenizer, only the prefix handling differs
@@ -102,6 +106,7 @@ def main() -> None:
     same = sum(a == b for x, y in zip(acc_fresh, acc_reuse, strict=True) for a, b in zip(x, y, strict=True))
     total = sum(len(x) for x in acc_fresh)
     print(f"accuracies equal in both modes (same seeds): {same}/{total}")
+    print(f"load average at the end: {load()}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ why `precision: auto` picks fp32 there), and the load average.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -29,15 +28,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
+from _machine import load  # noqa: E402
 
 from longshort.engines.base import GenerationRequest, SamplingParams  # noqa: E402
 from longshort.engines.hf import HFEngine  # noqa: E402
 from longshort.models import cpu_has_bf16, load_model  # noqa: E402
 from longshort.thoughts.synthetic import generate as planted  # noqa: E402
-
-
-def load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def chats(n: int) -> list[list[dict[str, str]]]:

@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _machine import header, load
+
 # ----------------------------------------------------------------------------- data and cold start
 
 
@@ -339,12 +341,13 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    print(header())
     out = Path(args.out or tempfile.mkdtemp(prefix=f"rl_learning-{args.check}-"))
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     result = run_sanity(args, out) if args.check == "sanity" else run_real(args, out)
     wall = time.time() - started
-    print(f"\ntotal wall {wall:.0f} s; run dir {out}")
+    print(f"\ntotal wall {wall:.0f} s; run dir {out}; load average at the end {load()}")
     (out / f"rl_learning_{args.check}.json").write_text(json.dumps({"args": vars(args), "wall_s": wall, **result},
                                                                      indent=2))
 

@@ -14,7 +14,6 @@ reference method, what the engine did before), to show what the sort costs.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
+from _machine import load  # noqa: E402
 
 from longshort.engines import hf, sampling  # noqa: E402
 from longshort.engines.base import GenerationRequest, SamplingParams  # noqa: E402
@@ -81,7 +81,7 @@ def main() -> None:
     engine = HFEngine(args.model, device="cpu")
     print(f"model={args.model} requests={args.requests} n={args.n} new_tokens={args.new_tokens} "
           f"temperature={args.temperature} threads={torch.get_num_threads()} torch={torch.__version__}")
-    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average before: {load()}")
     engine.generate(requests(2, 1, 4, args.top_p, args.temperature))  # warm-up (allocator, first calls)
     runs = {f"top_p {args.top_p:g}": args.top_p, "top_p 1": 1.0}
     if args.sort:
@@ -106,7 +106,7 @@ def main() -> None:
     print(f"ratio time top_p {args.top_p:g} / top_p 1: {ratio:.2f}x (target <= 1.5x)")
     if args.sort:
         print(f"ratio time full-sort nucleus / top_p 1: {best[f'top_p {args.top_p:g} sort'][0] / best['top_p 1'][0]:.2f}x")
-    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average after: {load()}")
 
 
 if __name__ == "__main__":

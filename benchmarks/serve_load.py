@@ -26,6 +26,7 @@ import threading
 import time
 
 import httpx
+from _machine import header as machine_header
 
 QUESTIONS = [
     "What is 12 + 35?", "Compute 7 * 8.", "What is 144 / 12?", "What is 99 - 45?",
@@ -192,6 +193,7 @@ def main() -> int:
     ap.add_argument("--long-tokens", type=int, default=1024, help="--fairness: tokens of the long request")
     ap.add_argument("--shorts", type=int, default=5, help="--fairness: short requests sent during it")
     args = ap.parse_args()
+    print(machine_header())
     if args.fairness:
         return main_fairness(args)
     if args.base_url and not args.base_url.startswith(("http://127.0.0.1", "http://localhost")):
