@@ -57,6 +57,7 @@ class Canned:
         self.delay = 0.0
         self.in_flight = 0
         self.max_in_flight = 0
+        self.reply: str | None = None  # when set, the chat answer's content
 
 
 def canned_app(state: Canned) -> FastAPI:
@@ -95,7 +96,7 @@ def canned_app(state: Canned) -> FastAPI:
                 else:
                     ch["logprobs"] = {"tokens": ["t"] * ntok, "token_logprobs": [-0.25] * ntok,
                                       "top_logprobs": None, "text_offset": list(range(ntok))}
-            text = f"{source}#{i}"
+            text = state.reply if state.reply is not None and kind == "chat" else f"{source}#{i}"
             if kind == "chat":
                 ch["message"] = {"role": "assistant", "content": text}
             else:
@@ -129,6 +130,7 @@ def server(canned):
     state, url = canned
     state.bodies.clear()
     state.fail_next, state.fail_status, state.delay, state.max_in_flight = 0, 503, 0.0, 0
+    state.reply = None
     return state, url
 
 
@@ -186,6 +188,27 @@ def test_token_id_prompt_goes_as_the_token_array_prompt(server):
     kind, body = state.bodies[-1]
     assert kind == "completions" and body["prompt"] == [5, 6, 7]
     assert res.completions[0].text == "raw[[5, 6, 7]]#0"
+
+
+def test_llm_chunker_asks_an_openai_server_for_its_json_schema(server):
+    """The structured-output path over real HTTP: the chunk request carries `response_format`
+    with CHUNK_SCHEMA, and the (schema-shaped) answer becomes the thoughts."""
+    import json
+
+    from longshort.thoughts.chunking import CHUNK_SCHEMA, llm_chunk_many
+
+    state, url = server
+    blocks = [{"start": 1, "end": 2, "type": "problem understanding"}, {"start": 3, "end": 4, "type": "computation"}]
+    state.reply = json.dumps({"blocks": blocks})
+    eng = OpenAIEngine("m", base_url=url)
+    (thoughts, flags), = llm_chunk_many([("What is 2 + 3?", ["Read it.", "Add.", "2 + 3 = 5.", "So 5."])], eng)
+    kind, body = state.bodies[-1]
+    assert kind == "chat" and body["response_format"] == {
+        "type": "json_schema", "json_schema": {"name": "answer", "schema": CHUNK_SCHEMA, "strict": True}}
+    assert [(t["start"], t["end"]) for t in thoughts] == [(1, 2), (3, 4)] and flags == []
+    # a plain request carries no response_format
+    eng.generate([GenerationRequest(messages=msg("q"), params=SamplingParams(max_new_tokens=4))])
+    assert "response_format" not in state.bodies[-1][1]
 
 
 def test_retries_with_backoff_then_succeeds(server):

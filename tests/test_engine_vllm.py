@@ -41,3 +41,33 @@ def test_config_defaults_keep_prefix_caching_on():
     assert VLLMEngineConfig().enable_prefix_caching is True
     with pytest.raises(ValueError):
         VLLMEngineConfig(gpu_memory_utilization=1.5)
+
+
+def test_json_schema_becomes_vllm_structured_decoding(monkeypatch):
+    """Without vLLM installed: a stand-in `vllm` module records what `_params` builds."""
+    import types
+
+    from longshort.engines.base import GenerationRequest, SamplingParams
+    from longshort.engines.vllm import VLLMEngine
+
+    class Recorder:
+        def __init__(self, **kw):
+            self.kw = kw
+
+    class Structured:
+        def __init__(self, json):
+            self.json = json
+
+    vllm = types.ModuleType("vllm")
+    vllm.SamplingParams = Recorder
+    sp = types.ModuleType("vllm.sampling_params")
+    sp.StructuredOutputsParams = Structured
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params", sp)
+    eng = VLLMEngine.__new__(VLLMEngine)  # no model: only the parameter mapping is tested
+    schema = {"type": "object"}
+    got = eng._params(GenerationRequest(prompt="x", params=SamplingParams(json_schema=schema, max_new_tokens=5)))
+    assert got.kw["structured_outputs"].json == schema and got.kw["max_tokens"] == 5
+    plain = eng._params(GenerationRequest(prompt="x", params=SamplingParams()))
+    assert "structured_outputs" not in plain.kw and "guided_decoding" not in plain.kw
+    assert VLLMEngine.structured_output is True

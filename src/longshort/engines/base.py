@@ -30,6 +30,10 @@ class SamplingParams:
     n: completions per request. Engines encode the shared prompt once for all n (KV reuse).
     seed: makes sampling reproducible for a request (same seed, same request → same outputs).
     logprobs: return the log-probability of every generated token.
+    json_schema: constrain the completion to JSON matching this JSON Schema on engines that can
+        (`Engine.structured_output`: the openai engine sends `response_format` type `json_schema`,
+        vLLM decodes with guided/structured decoding); other engines sample freely, so callers
+        still validate what comes back.
     """
 
     temperature: float = 0.7
@@ -39,6 +43,7 @@ class SamplingParams:
     n: int = 1
     seed: int | None = None
     logprobs: bool = False
+    json_schema: dict[str, Any] | None = None
 
 
 @dataclass
@@ -89,6 +94,8 @@ class Engine(ABC):
 
     name: str = "base"
     model_name: str = ""
+    #: Whether `SamplingParams.json_schema` constrains the output (openai, vllm) or is ignored.
+    structured_output: bool = False
 
     @abstractmethod
     def generate(self, requests: Sequence[GenerationRequest], *, progress: bool = False

@@ -80,6 +80,7 @@ class OpenAIEngine(Engine):
     """Generation through an OpenAI-compatible server; `model` is the served model's name."""
 
     name = "openai"
+    structured_output = True  # response_format json_schema (OpenAI, vLLM's server)
 
     def __init__(self, model: str, *, base_url: str | None = None, config: OpenAIEngineConfig | None = None,
                  **kwargs: Any):
@@ -144,6 +145,9 @@ class OpenAIEngine(Engine):
         if p.seed is not None:
             body["seed"] = p.seed
         want_lp = p.logprobs or p.n > 1  # logprobs give exact per-choice token counts
+        if p.json_schema is not None:
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "answer", "schema": p.json_schema, "strict": True}}
         if req.messages is not None:
             messages = [dict(m) for m in req.messages]
             if req.assistant_prefix:

@@ -54,6 +54,7 @@ class VLLMEngine(Engine):
     """Generation with vLLM's offline `LLM` class."""
 
     name = "vllm"
+    structured_output = True  # guided (structured-output) decoding
 
     def __init__(self, model: str, *, config: VLLMEngineConfig | None = None, **kwargs: Any):
         vllm = require_vllm()
@@ -95,9 +96,19 @@ class VLLMEngine(Engine):
         from vllm import SamplingParams as VSP
 
         p = req.params
+        extra: dict[str, Any] = {}
+        if p.json_schema is not None:
+            try:  # vLLM >= 0.11
+                from vllm.sampling_params import StructuredOutputsParams
+
+                extra["structured_outputs"] = StructuredOutputsParams(json=p.json_schema)
+            except ImportError:  # older vLLM
+                from vllm.sampling_params import GuidedDecodingParams
+
+                extra["guided_decoding"] = GuidedDecodingParams(json=p.json_schema)
         return VSP(n=p.n, temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_new_tokens,
                    stop=list(p.stop or []) or None, seed=p.seed, logprobs=1 if p.logprobs else None,
-                   include_stop_str_in_output=False, skip_special_tokens=True)
+                   include_stop_str_in_output=False, skip_special_tokens=True, **extra)
 
     def generate(self, requests: Sequence[GenerationRequest], *, progress: bool = False
                  ) -> list[GenerationResult]:

@@ -11,7 +11,9 @@ thoughts of a trace are contiguous and cover every step exactly once. Chunkers:
   ("Wait", "Alternatively", "Let me verify/check", "So the answer", "Hmm", "First/Next/Now", a
   case label...) or, inside long runs, where the vocabulary shifts (little overlap with the
   running thought). Each thought gets the category of its opening marker.
-- `llm` (any engine): the numbered steps go to a model that returns JSON ranges with a type.
+- `llm` (any engine): the numbered steps go to a model that returns JSON ranges with a type; an
+  engine that can constrain its output to a JSON Schema (an OpenAI-compatible server, vLLM) is
+  asked for `CHUNK_SCHEMA` directly, and every answer is still validated and repaired.
   The answer is validated for contiguity and coverage; small defects are repaired (overlaps
   clipped, gaps merged into the previous thought, ends extended); an unusable answer is
   retried (another seed) up to `max_retries` times, then the trace falls back to the
@@ -238,17 +240,29 @@ def repair_ranges(ranges: Iterable[tuple[int, int, str]], n_steps: int
 # --------------------------------------------------------------------------- llm chunker
 
 CHUNK_PROMPT = (
-    "You are an expert math teacher. Below is a student's step-by-step reasoning on a problem, "
-    "split into numbered steps. Group consecutive steps into thoughts: blocks of the reasoning "
-    "with one purpose, such as problem understanding, planning, computation, verification, "
-    "alternative approach, or conclusion. Every step must belong to exactly one block, blocks "
-    "must be consecutive (each starts right after the previous one ends) and the last block must "
-    "end at step {n}.\n\n"
+    "Below is a worked solution to a problem, written as numbered steps. Split it into thoughts. "
+    "A thought is a run of consecutive steps that serve one purpose: reading and restating the "
+    "problem, making a plan, carrying out one derivation or calculation, checking a result, trying "
+    "a different approach, or stating the conclusion. Start a new thought only where the purpose "
+    "changes, not at every step. The thoughts must cover steps 1 to {n} in order, without gaps or "
+    "overlaps.\n\n"
     "Problem:\n{problem}\n\nSteps:\n{steps}\n\n"
-    "Return only JSON, a list of blocks in order, for example:\n"
-    '[{{"start": 1, "end": 3, "type": "problem understanding"}}, '
-    '{{"start": 4, "end": 9, "type": "computation"}}]'
+    "Answer with JSON only, in this form:\n"
+    '{{"blocks": [{{"start": 1, "end": 3, "type": "problem understanding"}}, '
+    '{{"start": 4, "end": 9, "type": "computation"}}]}}'
 )
+
+#: The JSON Schema of a chunker answer, sent to engines that constrain their output to a schema
+#: (`Engine.structured_output`: an OpenAI-compatible server's `response_format`, vLLM's guided
+#: decoding). The answer is still validated and repaired: a schema fixes the shape, not the ranges.
+CHUNK_SCHEMA = {
+    "type": "object",
+    "properties": {"blocks": {"type": "array", "minItems": 1, "items": {
+        "type": "object",
+        "properties": {"start": {"type": "integer"}, "end": {"type": "integer"}, "type": {"type": "string"}},
+        "required": ["start", "end", "type"], "additionalProperties": False}}},
+    "required": ["blocks"], "additionalProperties": False,
+}
 
 
 class LLMChunkConfig(BaseModel):
@@ -374,6 +388,7 @@ def llm_chunk_many(items: Sequence[tuple[str, Sequence[str]]], engine: Any,
     from longshort.engines.base import GenerationRequest, SamplingParams
 
     cfg = config or LLMChunkConfig()
+    schema = CHUNK_SCHEMA if getattr(engine, "structured_output", False) else None
     results: list[tuple[list[dict[str, Any]], list[str]] | None] = [None] * len(items)
     prompts: dict[int, str] = {}
     for i, (problem, steps) in enumerate(items):
@@ -390,7 +405,8 @@ def llm_chunk_many(items: Sequence[tuple[str, Sequence[str]]], engine: Any,
         reqs = [GenerationRequest(
             messages=[{"role": "user", "content": prompts[i]}],
             params=SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                                  seed=cfg.seed + attempt), meta={"index": i}) for i in pending]
+                                  seed=cfg.seed + attempt, json_schema=schema), meta={"index": i})
+            for i in pending]
         outs = engine.generate(reqs, progress=progress)
         still = []
         for i, out in zip(pending, outs, strict=True):
