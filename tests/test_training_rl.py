@@ -212,6 +212,11 @@ def test_bad_inputs_are_clear_errors(tmp_path, problems_file):
         run_rl(RLRunConfig(data=str(bad), **base))
     with pytest.raises(LongshortError, match="one iteration"):
         run_rl(RLRunConfig(data=str(problems_file), partner_base_url="http://127.0.0.1:9/v1", **base))
+    # a bad `trainer:` key fails before any model loads (the model spec here does not even exist)
+    with pytest.raises(LongshortError, match=r"trainer\.loss_typ: GRPOConfig has no such argument"):
+        run_rl(RLRunConfig(data=str(problems_file), **{**base, "long": "no/such-model"}, trainer={"loss_typ": "x"}))
+    with pytest.raises(LongshortError, match=r"trainer\.learning_rate: set `lr` instead"):
+        run_rl(RLRunConfig(data=str(problems_file), **base, trainer={"learning_rate": 1.0}))
     no_tok = tmp_path / "bare"
     no_tok.mkdir()
     (no_tok / "config.json").write_text("{}")

@@ -197,3 +197,32 @@ def test_examples_over_max_length_are_dropped_and_counted_never_cut(tmp_path, ca
     out = Path(run_sft(cfg))
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     assert (metrics["examples"], metrics["examples_trained"], metrics["dropped_over_max_length"]) == (4, 3, 1)
+
+
+def test_trainer_mapping_passes_trl_arguments_and_refuses_typos_and_ours(tmp_path, capsys, monkeypatch):
+    """`trainer:` reaches SFTConfig as it is; a key SFTConfig lacks, or one our config sets, is
+    refused with one line before the model loads (also through `sft --config`)."""
+    data = _write(tmp_path / "long.jsonl", _records())
+    trainer = make_trainer(_config(tmp_path, data, trainer={"weight_decay": 0.05, "lr_scheduler_type": "cosine"}))
+    assert trainer.args.weight_decay == 0.05 and trainer.args.lr_scheduler_type == "cosine"
+
+    import longshort.training.sft as sft_mod
+
+    def boom(*a, **k):
+        raise AssertionError("the model was loaded before the trainer mapping was checked")
+
+    monkeypatch.setattr(sft_mod, "load_for_training", boom)
+    for extra, needle in (({"wieght_decay": 0.1}, "trainer.wieght_decay: SFTConfig has no such argument"),
+                          ({"learning_rate": 1.0}, "trainer.learning_rate: set `lr` instead"),
+                          ({"packing": True}, "trainer.packing: longshort sets it")):
+        with pytest.raises(LongshortError, match=needle.replace(".", r"\.")):
+            make_trainer(_config(tmp_path, data, trainer=extra))
+    from longshort.cli import main
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("trainer:\n  wieght_decay: 0.1\n")
+    capsys.readouterr()  # what the trainer built above printed
+    code = main(["sft", "--role", "long", "--data", str(data), "--model", "tiny-random", "--out", str(tmp_path / "o2"),
+                 "--config", str(cfg_file)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "trainer.wieght_decay" in err[0], err

@@ -73,6 +73,47 @@ def precision_flags(precision: Precision) -> dict[str, bool]:
     return flags
 
 
+#: TRL/transformers argument -> the field of our run configs that sets it (`trainer_arguments`).
+OUR_NAMES = {"output_dir": "out", "max_steps": "max_steps", "num_train_epochs": "epochs",
+             "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum",
+             "learning_rate": "lr", "warmup_steps": "warmup", "max_length": "max_length",
+             "logging_steps": "logging_steps", "save_steps": "save_steps", "save_total_limit": "save_total_limit",
+             "report_to": "report_to", "seed": "seed", "gradient_checkpointing": "gradient_checkpointing",
+             "bf16": "precision", "fp16": "precision", "use_cpu": "precision", "num_generations": "num_generations",
+             "lr_scheduler_type": "lr_scheduler_type", "beta": "beta", "epsilon": "epsilon",
+             "temperature": "temperature", "top_p": "top_p", "max_completion_length": "dialogue",
+             "mask_truncated_completions": "mask_truncated_completions", "reward_weights": "rewards"}
+
+
+def trainer_arguments(config_cls: type, ours: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of a TRL config (`SFTConfig`, `GRPOConfig`): what our run config sets
+    (`ours`), plus the recipe's `trainer:` mapping (`extra`) passed as it is. Checked before any
+    model loads: a key the TRL config does not have is refused (a typo would otherwise train with
+    the default), and so is a key that our config sets (set our field: `lr`, not `learning_rate`;
+    or, for the few we fix, such as `packing`, it cannot be changed).
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class Cfg:
+    ...     learning_rate: float = 1e-5
+    ...     weight_decay: float = 0.0
+    >>> trainer_arguments(Cfg, {"learning_rate": 2e-5}, {"weight_decay": 0.1})
+    {'learning_rate': 2e-05, 'weight_decay': 0.1}
+    """
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    for key in extra:
+        if key not in known:
+            raise LongshortError(f"trainer.{key}: {config_cls.__name__} has no such argument (see TRL's "
+                                 f"{config_cls.__name__} docs for the accepted ones)")
+        if key in ours:
+            ours_name = OUR_NAMES.get(key)
+            hint = f"set `{ours_name}` instead" if ours_name else "longshort sets it for the data it builds"
+            raise LongshortError(f"trainer.{key}: {hint}")
+    return {**ours, **extra}
+
+
 def report_targets(report_to: str) -> list[str]:
     """``tensorboard`` (default), ``wandb``, both (comma separated) or ``none``."""
     names = [s.strip() for s in report_to.split(",") if s.strip()]

@@ -46,6 +46,7 @@ from longshort.training.common import (
     load_for_training,
     precision_flags,
     report_targets,
+    trainer_arguments,
     write_done_marker,
 )
 from longshort.training.policy_decode import PolicyTurn, policy_generate
@@ -74,36 +75,14 @@ def make_partner(spec: str, config: RLRunConfig) -> Engine:
     return make_engine(spec, "transformers", **kwargs)
 
 
-def make_trainer(config: RLRunConfig, role: Role, policy_spec: str, partner: Engine, ckpt_dir: str | Path,
-                 problems: list[dict[str, Any]], *, reward_funcs: list | None = None,
-                 reward_weights: list[float] | None = None):
-    """The TRL `GRPOTrainer` training `role` (initialised from `policy_spec`) against `partner`.
+def grpo_arguments(config: RLRunConfig, ckpt_dir: str | Path, reward_weights: list[float] | None) -> dict[str, Any]:
+    """TRL `GRPOConfig` keyword arguments: ours, then `config.trainer` (checked, see
+    `common.trainer_arguments`). Pure: `run_rl` calls it before loading any model, so a bad
+    `trainer:` key fails at once."""
+    from trl import GRPOConfig
 
-    The reward functions run inside the rollout (`RolloutScorer`, so that dynamic sampling can
-    see each group's rewards); TRL gets readers of the same names. With ``problem_filter:
-    intermediate`` the problems are first narrowed by `solve_rates` / `keep_intermediate` under the
-    starting pair (cached in ``ckpt_dir/problem_filter.json`` for resumed runs); the counts are on
-    ``trainer.rollout_func.filter_stats``."""
-    from trl import GRPOConfig, GRPOTrainer
-
-    if config.batch_size % config.num_generations:
-        raise LongshortError(f"batch_size ({config.batch_size}) must be a multiple of num_generations "
-                             f"({config.num_generations})")
-    model, tok = load_for_training(policy_spec, what=f"{role} model")
-    funcs = reward_funcs if reward_funcs is not None else reward_functions(config.rewards)
-    weights = reward_weights if reward_weights is not None else (
-        config.rewards.weights() if reward_funcs is None else None)
-    scorer = RolloutScorer(funcs, weights, metrics={"correctness_reward": "accuracy"} if reward_funcs is None else {})
-    rollout_args = dict(temperature=config.temperature, top_p=config.top_p, scorer=scorer,
-                        dynamic_sampling=config.dynamic_sampling, dynamic_max_rounds=config.dynamic_max_rounds,
-                        seed=config.seed)
-    filter_stats = None
-    if config.problem_filter == "intermediate":
-        problems, filter_stats = _filter_problems(config, role, partner, ckpt_dir, problems, model, tok)
-    rollout = DialogueRollout(role, partner, config.dialogue, problems=problems, **rollout_args)
-    rollout.filter_stats = filter_stats
     turns = config.dialogue.max_turns
-    args = GRPOConfig(
+    return trainer_arguments(GRPOConfig, dict(
         output_dir=str(ckpt_dir),
         max_steps=config.max_steps,
         num_train_epochs=config.epochs,
@@ -119,7 +98,7 @@ def make_trainer(config: RLRunConfig, role: Role, policy_spec: str, partner: Eng
         top_p=config.top_p,
         max_completion_length=turns * (config.dialogue.max_new_tokens_long + config.dialogue.max_new_tokens_short),
         mask_truncated_completions=config.mask_truncated_completions,
-        reward_weights=scorer.weights,
+        reward_weights=reward_weights,
         logging_steps=config.logging_steps,
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
@@ -128,7 +107,38 @@ def make_trainer(config: RLRunConfig, role: Role, policy_spec: str, partner: Eng
         log_completions=False,
         **precision_flags(config.precision),
         gradient_checkpointing=config.gradient_checkpointing,  # TRL defaults to True; ours is explicit
-    )
+    ), config.trainer)
+
+
+def make_trainer(config: RLRunConfig, role: Role, policy_spec: str, partner: Engine, ckpt_dir: str | Path,
+                 problems: list[dict[str, Any]], *, reward_funcs: list | None = None,
+                 reward_weights: list[float] | None = None):
+    """The TRL `GRPOTrainer` training `role` (initialised from `policy_spec`) against `partner`.
+
+    The reward functions run inside the rollout (`RolloutScorer`, so that dynamic sampling can
+    see each group's rewards); TRL gets readers of the same names. With ``problem_filter:
+    intermediate`` the problems are first narrowed by `solve_rates` / `keep_intermediate` under the
+    starting pair (cached in ``ckpt_dir/problem_filter.json`` for resumed runs); the counts are on
+    ``trainer.rollout_func.filter_stats``."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    if config.batch_size % config.num_generations:
+        raise LongshortError(f"batch_size ({config.batch_size}) must be a multiple of num_generations "
+                             f"({config.num_generations})")
+    funcs = reward_funcs if reward_funcs is not None else reward_functions(config.rewards)
+    weights = reward_weights if reward_weights is not None else (
+        config.rewards.weights() if reward_funcs is None else None)
+    scorer = RolloutScorer(funcs, weights, metrics={"correctness_reward": "accuracy"} if reward_funcs is None else {})
+    args = GRPOConfig(**grpo_arguments(config, ckpt_dir, scorer.weights))
+    model, tok = load_for_training(policy_spec, what=f"{role} model")
+    rollout_args = dict(temperature=config.temperature, top_p=config.top_p, scorer=scorer,
+                        dynamic_sampling=config.dynamic_sampling, dynamic_max_rounds=config.dynamic_max_rounds,
+                        seed=config.seed)
+    filter_stats = None
+    if config.problem_filter == "intermediate":
+        problems, filter_stats = _filter_problems(config, role, partner, ckpt_dir, problems, model, tok)
+    rollout = DialogueRollout(role, partner, config.dialogue, problems=problems, **rollout_args)
+    rollout.filter_stats = filter_stats
     peft_config = None
     if config.lora:
         from peft import LoraConfig
@@ -183,6 +193,7 @@ def run_rl(config: RLRunConfig, *, reward_funcs: list | None = None,
         raise LongshortError("--partner-base-url serves one fixed partner, so it allows one iteration per run "
                              "(--iterations 1); serve the new partner and start the next iteration with it")
     problems = load_problems(config.data, skip_bad=config.skip_bad)
+    grpo_arguments(config, out, None)  # a bad `trainer:` key fails here, before any model loads
     for spec, role in ((config.long, "long"), (config.short, "short")):
         if not (config.partner_base_url and role != schedule[0]):
             check_model_spec(spec, what=f"{role} model")

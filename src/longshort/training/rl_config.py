@@ -85,6 +85,9 @@ class RLRunConfig(BaseModel):
                          "checkpoint")
     skip_bad: bool = Field(False, description="skip and count malformed problem records instead of stopping")
     seed: int = Field(0, description="seed of data order and sampling")
+    trainer: dict[str, Any] = Field(default_factory=dict, description="more TRL GRPOConfig arguments, passed as "
+                                    "they are (e.g. {weight_decay: 0.01, loss_type: dr_grpo}); a key GRPOConfig "
+                                    "lacks, or one a field here sets, is refused before a model loads")
 
     @model_validator(mode="after")
     def _whole_groups(self) -> RLRunConfig:

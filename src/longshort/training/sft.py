@@ -42,6 +42,7 @@ from longshort.training.common import (
     release_memory,
     render_prompt,
     report_targets,
+    trainer_arguments,
     write_done_marker,
 )
 
@@ -78,6 +79,9 @@ class SFTRunConfig(BaseModel):
     skip_bad: bool = Field(False, description="skip and count malformed records instead of stopping")
     seed: int = Field(0, description="seed of shuffling, init of LoRA weights and dropout")
     add_eos: bool = Field(True, description="end each turn with EOS: the turn ends the reply, even for backends without stop strings")
+    trainer: dict[str, Any] = Field(default_factory=dict, description="more TRL SFTConfig arguments, passed as "
+                                    "they are (e.g. {weight_decay: 0.01, lr_scheduler_type: cosine}); a key "
+                                    "SFTConfig lacks, or one a field here sets, is refused before the model loads")
 
 
 def _messages(value: Any, path: str, line: int) -> list[dict[str, str]]:
@@ -170,13 +174,9 @@ def make_trainer(config: SFTRunConfig, records: list[dict[str, Any]] | None = No
     """Build the TRL `SFTTrainer` for `config` (model, tokenised data, LoRA, arguments)."""
     from trl import SFTConfig, SFTTrainer
 
-    records = records if records is not None else load_sft_records(config.data, config.role,
-                                                                   skip_bad=config.skip_bad)
-    model, tok = load_for_training(config.model)
-    dataset, dropped = build_dataset(tok, records, max_length=config.max_length, add_eos=config.add_eos)
     lr = config.lr or (2e-4 if config.lora else 1e-5)
     out = Path(config.out)
-    args = SFTConfig(
+    args = SFTConfig(**trainer_arguments(SFTConfig, dict(
         output_dir=str(out / "checkpoints"),
         max_steps=config.max_steps,
         num_train_epochs=config.epochs,
@@ -195,7 +195,11 @@ def make_trainer(config: SFTRunConfig, records: list[dict[str, Any]] | None = No
         dataset_num_proc=None,
         **precision_flags(config.precision),
         gradient_checkpointing=config.gradient_checkpointing,  # TRL defaults to True; ours is explicit
-    )
+    ), config.trainer))
+    records = records if records is not None else load_sft_records(config.data, config.role,
+                                                                   skip_bad=config.skip_bad)
+    model, tok = load_for_training(config.model)
+    dataset, dropped = build_dataset(tok, records, max_length=config.max_length, add_eos=config.add_eos)
     peft_config = None
     if config.lora:
         from peft import LoraConfig
