@@ -331,3 +331,26 @@ def test_against_our_own_server_matches_the_local_engine():
             assert (g.text, g.num_tokens, g.finish_reason, g.stop) == (e.text, e.num_tokens, e.finish_reason, e.stop)
     assert remote[1].completions[0].stop == stop
     assert remote[3].completions[0].logprobs == pytest.approx(expected[3].completions[0].logprobs, abs=1e-5)
+
+
+def test_each_role_on_its_own_server():
+    """`--long-base-url` / `--short-base-url`: two servers (two `vllm serve` processes, one per
+    model); the long turns go to one, the short turns to the other, through `solve` end to end."""
+    from longshort.cli import main
+    from longshort.dialogue.protocol import SYSTEM_PROMPTS
+    from longshort.engines import make_pair
+
+    long_state, short_state = Canned(), Canned()
+    long_state.reply = "<think>\nadd them\n</think>"
+    short_state.reply = "<answer>\n2 + 2 = 4, \\boxed{4}\n</answer>"
+    with serve(canned_app(long_state)) as long_url, serve(canned_app(short_state)) as short_url:
+        a, b = make_pair("m", "m", "openai", base_url=long_url, short_base_url=short_url)
+        assert a is not b and a.base_url != b.base_url
+        same, again = make_pair("m", "m", "openai", base_url=long_url)
+        assert same is again
+        code = main(["solve", "What is 2 + 2?", "--engine", "openai", "--long", "m", "--short", "m",
+                     "--long-base-url", long_url, "--short-base-url", short_url, "--max-turns", "1"])
+    assert code == 0
+    assert long_state.bodies and short_state.bodies
+    assert all(b["messages"][0]["content"] == SYSTEM_PROMPTS["long"] for _, b in long_state.bodies)
+    assert all(b["messages"][0]["content"] == SYSTEM_PROMPTS["short"] for _, b in short_state.bodies)

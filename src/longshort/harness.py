@@ -57,6 +57,8 @@ class EvalConfig(BaseModel):
     engine: str = Field("transformers", description="Generation backend: transformers (in-process, "
                                                     "default), openai (a server at base_url), vllm (GPU).")
     base_url: str | None = Field(None, description="OpenAI-compatible server URL for engine=openai.")
+    long_base_url: str | None = Field(None, description="The long model's own server (engine=openai; over base_url).")
+    short_base_url: str | None = Field(None, description="The short model's own server (engine=openai; over base_url).")
     samples: int = Field(1, ge=1, description="Samples per problem for Pass@1 (1: cheapest; the paper "
                                               "style uses several, e.g. 4-16, to narrow the interval).")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N problems (None: all).")
@@ -129,7 +131,8 @@ def _build_engines(cfg: EvalConfig):
     from longshort.engines import make_pair
 
     return make_pair(cfg.long_model if cfg.mode in ("collab", "long") else None,
-                     cfg.short_model if cfg.mode in ("collab", "short") else None, cfg.engine, base_url=cfg.base_url)
+                     cfg.short_model if cfg.mode in ("collab", "short") else None, cfg.engine, base_url=cfg.base_url,
+                     long_base_url=cfg.long_base_url, short_base_url=cfg.short_base_url)
 
 
 def run_eval(config: EvalConfig, out_dir: str | Path, *, resume: bool = True, progress: bool = True,

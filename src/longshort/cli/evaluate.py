@@ -40,6 +40,8 @@ def eval_command(
     short: Annotated[str | None, config_option(EvalConfig, "short_model", "--short", annotated=True, help="Short-thought model spec")] = None,
     engine: Annotated[str | None, config_option(EvalConfig, "engine", annotated=True, help="transformers, openai, vllm")] = None,
     base_url: Annotated[str | None, typer.Option(help="Server URL for --engine openai")] = None,
+    long_base_url: Annotated[str | None, typer.Option(help="The long model's own server (over --base-url)")] = None,
+    short_base_url: Annotated[str | None, typer.Option(help="The short model's own server (over --base-url)")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Benchmark data directory (default: $LONGSHORT_DATA or ../shared/benchmarks)")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Most tokens one generation writes: every turn of either role, and a solo answer (--mode long|short) (default: 1024 long / 512 short; solo: the dialogue's whole budget)")] = None,
     max_new_tokens_long: Annotated[int | None, config_option(CollabConfig, "max_new_tokens_long", annotated=True, min=1, help="Long turn limit, over --max-new-tokens")] = None,
@@ -63,6 +65,7 @@ def eval_command(
     overrides = {k: v for k, v in {
         "benchmark": benchmark, "mode": mode, "samples": samples, "limit": limit,
         "long_model": long, "short_model": short, "engine": engine, "base_url": base_url,
+        "long_base_url": long_base_url, "short_base_url": short_base_url,
         "data_dir": str(data_dir) if data_dir else None, "seed": seed, "interval": interval,
         "baseline_dir": str(baseline) if baseline else None, "skip_bad": skip_bad or None}.items() if v is not None}
     collab = {**CollabConfig.token_flags(max_new_tokens, long=max_new_tokens_long, short=max_new_tokens_short),

@@ -28,6 +28,8 @@ def serve(
     port: int = typer.Option(8000, help="TCP port"),
     engine: str = typer.Option("transformers", help="generation engine: transformers, vllm, openai"),
     base_url: str = typer.Option(None, "--base-url", help="upstream server for --engine openai"),
+    long_base_url: str = typer.Option(None, "--long-base-url", help="the long model's own upstream server (over --base-url)"),
+    short_base_url: str = typer.Option(None, "--short-base-url", help="the short model's own upstream server (over --base-url)"),
     api_key: str = typer.Option(None, "--api-key", envvar="LONGSHORT_API_KEY", show_envvar=True,
                                 help="require 'Authorization: Bearer <key>' on every endpoint but /health "
                                      "(as `vllm serve --api-key`); needed beyond loopback"),
@@ -77,7 +79,8 @@ def serve(
     from longshort.engines import make_pair
     from longshort.serve import serve as run_server
 
-    long_engine, short_engine = make_pair(long, short, engine, base_url=base_url)
+    long_engine, short_engine = make_pair(long, short, engine, base_url=base_url, long_base_url=long_base_url,
+                                          short_base_url=short_base_url)
     if not is_loopback(host) and not config.api_key:
         typer.echo(f"warning: binding {host} without --api-key (or LONGSHORT_API_KEY): anyone who can "
                    "reach this address can use the models", err=True)

@@ -77,10 +77,12 @@ def _check_problem_record(rec: dict[str, Any], path: str, line: int) -> None:
     check_problem_fields(rec, path=path, line=line)
 
 
-def _make_engines(long: str, short: str, engine: str, base_url: str | None):
+def _make_engines(long: str, short: str, engine: str, base_url: str | None, long_base_url: str | None = None,
+                  short_base_url: str | None = None):
     from longshort.engines import make_pair
 
-    return make_pair(long, short, engine, base_url=base_url)
+    return make_pair(long, short, engine, base_url=base_url, long_base_url=long_base_url,
+                     short_base_url=short_base_url)
 
 
 def _grade(rec: dict[str, Any]) -> bool | None:
@@ -139,6 +141,8 @@ def solve(
     short: str = typer.Option("smollm2-135m", "--short", help="Short-thought model spec."),
     engine: str = typer.Option("transformers", "--engine", help="transformers | openai | vllm."),
     base_url: str | None = typer.Option(None, "--base-url", help="OpenAI-compatible server (--engine openai)."),
+    long_base_url: str | None = typer.Option(None, "--long-base-url", help="The long model's own server (over --base-url)."),
+    short_base_url: str | None = typer.Option(None, "--short-base-url", help="The short model's own server (over --base-url)."),
     mode: str = typer.Option("collab", "--mode", help="collab (the pair) | long | short (one model alone)."),
     max_turns: int | None = config_option(CollabConfig, "max_turns", "--max-turns", min=1, help="Most long turns per dialogue."),
     max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1,
@@ -205,7 +209,7 @@ def solve(
         return
 
     # 3. Models, then solve, appending each record as its dialogue finishes.
-    long_engine, short_engine = _make_engines(long.strip(), short.strip(), engine, base_url)
+    long_engine, short_engine = _make_engines(long.strip(), short.strip(), engine, base_url, long_base_url, short_base_url)
     records: list[dict[str, Any]] = []
     try:
         for rec in iter_solve(problems, long_engine=long_engine, short_engine=short_engine, config=config,

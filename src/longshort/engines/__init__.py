@@ -53,13 +53,17 @@ def make_engine(model: str, engine: str = "transformers", *, base_url: str | Non
 
 
 def make_pair(long: str | None, short: str | None, engine: str = "transformers", *, base_url: str | None = None,
+              long_base_url: str | None = None, short_base_url: str | None = None,
               **kwargs: Any) -> tuple[Engine | None, Engine | None]:
     """The engines of the two roles (`make_engine` each), one engine when both roles name the same
-    model; a role given as None gets None (a solo run needs only one)."""
-    long_engine = make_engine(long, engine, base_url=base_url, **kwargs) if long else None
-    if short and short == long:
+    model at the same address; a role given as None gets None (a solo run needs only one). With
+    ``engine="openai"`` each role may have its own server (`long_base_url` / `short_base_url`,
+    each falling back to `base_url`): two `vllm serve` processes, one per model."""
+    long_url, short_url = long_base_url or base_url, short_base_url or base_url
+    long_engine = make_engine(long, engine, base_url=long_url, **kwargs) if long else None
+    if short and short == long and short_url == long_url:
         return long_engine, long_engine
-    return long_engine, (make_engine(short, engine, base_url=base_url, **kwargs) if short else None)
+    return long_engine, (make_engine(short, engine, base_url=short_url, **kwargs) if short else None)
 
 
 def _init_options(cls: type) -> set[str]:
