@@ -85,6 +85,16 @@ OUR_NAMES = {"output_dir": "out", "max_steps": "max_steps", "num_train_epochs": 
              "mask_truncated_completions": "mask_truncated_completions", "reward_weights": "rewards"}
 
 
+def shared_arguments(config: Any) -> dict[str, Any]:
+    """The TRL arguments SFT and RL set the same way from their run configs' common fields."""
+    return dict(max_steps=config.max_steps, num_train_epochs=config.epochs,
+                per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
+                warmup_steps=config.warmup, logging_steps=config.logging_steps, save_steps=config.save_steps,
+                save_total_limit=config.save_total_limit, report_to=report_targets(config.report_to),
+                seed=config.seed, **precision_flags(config.precision),
+                gradient_checkpointing=config.gradient_checkpointing)  # TRL defaults to True; ours is explicit
+
+
 def trainer_arguments(config_cls: type, ours: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments of a TRL config (`SFTConfig`, `GRPOConfig`): what our run config sets
     (`ours`), plus the recipe's `trainer:` mapping (`extra`) passed as it is. Checked before any

@@ -44,8 +44,7 @@ from longshort.training.common import (
     is_main_process,
     last_checkpoint,
     load_for_training,
-    precision_flags,
-    report_targets,
+    shared_arguments,
     trainer_arguments,
     write_done_marker,
 )
@@ -84,14 +83,10 @@ def grpo_arguments(config: RLRunConfig, ckpt_dir: str | Path, reward_weights: li
     turns = config.dialogue.max_turns
     return trainer_arguments(GRPOConfig, dict(
         output_dir=str(ckpt_dir),
-        max_steps=config.max_steps,
-        num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
+        **shared_arguments(config),
         num_generations=config.num_generations,
         learning_rate=config.lr,
         lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup,
         beta=config.beta,
         epsilon=config.epsilon,
         temperature=config.temperature,
@@ -99,14 +94,7 @@ def grpo_arguments(config: RLRunConfig, ckpt_dir: str | Path, reward_weights: li
         max_completion_length=turns * (config.dialogue.max_new_tokens_long + config.dialogue.max_new_tokens_short),
         mask_truncated_completions=config.mask_truncated_completions,
         reward_weights=reward_weights,
-        logging_steps=config.logging_steps,
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        report_to=report_targets(config.report_to),
-        seed=config.seed,
         log_completions=False,
-        **precision_flags(config.precision),
-        gradient_checkpointing=config.gradient_checkpointing,  # TRL defaults to True; ours is explicit
     ), config.trainer)
 
 

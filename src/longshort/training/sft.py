@@ -38,10 +38,9 @@ from longshort.training.common import (
     is_main_process,
     last_checkpoint,
     load_for_training,
-    precision_flags,
     release_memory,
     render_prompt,
-    report_targets,
+    shared_arguments,
     trainer_arguments,
     write_done_marker,
 )
@@ -178,23 +177,12 @@ def make_trainer(config: SFTRunConfig, records: list[dict[str, Any]] | None = No
     out = Path(config.out)
     args = SFTConfig(**trainer_arguments(SFTConfig, dict(
         output_dir=str(out / "checkpoints"),
-        max_steps=config.max_steps,
-        num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
+        **shared_arguments(config),
         learning_rate=lr,
-        warmup_steps=config.warmup,
         max_length=config.max_length,
         completion_only_loss=True,
         packing=False,
-        logging_steps=config.logging_steps,
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        report_to=report_targets(config.report_to),
-        seed=config.seed,
         dataset_num_proc=None,
-        **precision_flags(config.precision),
-        gradient_checkpointing=config.gradient_checkpointing,  # TRL defaults to True; ours is explicit
     ), config.trainer))
     records = records if records is not None else load_sft_records(config.data, config.role,
                                                                    skip_bad=config.skip_bad)
