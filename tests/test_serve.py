@@ -166,6 +166,9 @@ def test_concurrent_requests_are_batched(base):
     ({"messages": [{"role": "user", "content": "x" * 30000}]}, 413, "body_too_large"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, 400,
      "unsupported_content"),
+    ({"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, 400, "invalid_field"),  # not coerced
+    ({"messages": [{"role": "user", "content": "hi"}], "continue_final_message": 1}, 400, "invalid_field"),
+    (b'{"messages": [{"role": "user", "content": "a \\ud800 b"}]}', 400, "invalid_json"),  # lone surrogate
 ])
 def test_bad_requests_get_4xx_and_server_keeps_serving(base, body, status, code):
     kw = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) \

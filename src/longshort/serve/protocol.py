@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 
 class APIError(Exception):
@@ -72,7 +72,7 @@ class SamplingFields(BaseModel):
     n: int = Field(1, ge=1)
     seed: int | None = None
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: StrictBool = False  # "yes" or 1 is an error, not True (as OpenAI answers)
     stream_options: dict[str, Any] | None = None
     logprobs: bool | int | None = None
 
@@ -90,8 +90,8 @@ class SamplingFields(BaseModel):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    continue_final_message: bool = False
-    add_generation_prompt: bool = True
+    continue_final_message: StrictBool = False
+    add_generation_prompt: StrictBool = True
 
 
 class CompletionRequest(SamplingFields):
@@ -102,7 +102,7 @@ class TokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
     prompt: str
-    add_special_tokens: bool = True
+    add_special_tokens: StrictBool = True
 
 
 def json_depth(data: Any, limit: int) -> int:
@@ -138,6 +138,11 @@ def parse_body(body: bytes, schema: type[BaseModel], *, max_bytes: int, max_dept
         raise APIError(400, "request body must be a JSON object", code="invalid_json")
     if json_depth(data, max_depth) > max_depth:
         raise APIError(400, f"request body is nested deeper than {max_depth} levels", code="invalid_json")
+    try:  # JSON may spell a lone surrogate ("\ud800"), which no tokenizer can encode
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(400, "request body holds text that is not valid Unicode (a lone surrogate such as "
+                       "\\ud800)", code="invalid_json") from None
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
