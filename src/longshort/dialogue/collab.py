@@ -1,11 +1,10 @@
 """The collaborative solver: the batched two-model dialogue loop (DESIGN §4).
 
-`iter_solve` plays many dialogues at once. At each step every active dialogue is sent, with
-its next turn, to that role's engine in a single `generate` call per engine (the engine batches
-them): when one model plays both roles (one engine), the long turns of some dialogues and the
-short turns of others decode in the same batch; the batch is refilled from the queue as
-dialogues finish. So the models decode dialogues side by side instead of one at a time. The long model speaks
-first; a dialogue ends when the short model closes with ``</answer>``, after `max_turns` long
+`iter_solve` plays many dialogues at once, side by side instead of one at a time. At each step
+every active dialogue is sent, with its next turn, to that role's engine in one `generate` call
+per engine (the engine batches them): when one model plays both roles (one engine), the long
+turns of some dialogues and the short turns of others decode in the same batch; the batch is
+refilled from the queue as dialogues finish. The long model speaks first; a dialogue ends when the short model closes with ``</answer>``, after `max_turns` long
 turns, or when a turn hits its token limit. A dialogue that ends without a final answer is
 graded on the last boxed answer seen (`protocol.final_answer`) and flagged.
 
