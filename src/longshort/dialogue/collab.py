@@ -4,9 +4,10 @@
 every active dialogue is sent, with its next turn, to that role's engine in one `generate` call
 per engine (the engine batches them): when one model plays both roles (one engine), the long
 turns of some dialogues and the short turns of others decode in the same batch; the batch is
-refilled from the queue as dialogues finish. The long model speaks first; a dialogue ends when the short model closes with ``</answer>``, after `max_turns` long
-turns, or when a turn hits its token limit. A dialogue that ends without a final answer is
-graded on the last boxed answer seen (`protocol.final_answer`) and flagged.
+refilled from the queue as dialogues finish. The long model speaks first; a dialogue ends when
+the short model closes with ``</answer>``, after `max_turns` long turns, or when a turn hits its
+token limit. A dialogue that ends without a final answer is graded on the last boxed answer
+seen (`protocol.final_answer`) and flagged.
 
 Modes: ``collab`` (the pair), ``long`` (long model alone, long CoT) and ``short`` (short model
 alone, concise): solo modes are one-turn dialogues with the solo prompts and the same record.
