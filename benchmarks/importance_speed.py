@@ -26,7 +26,7 @@ from _machine import header, load
 from longshort.dialogue.protocol import render_input
 from longshort.engines.base import GenerationRequest
 from longshort.engines.hf import HFEngine
-from longshort.thoughts.chunking import chunk_records, make_thought
+from longshort.thoughts.chunking import ChunkConfig, chunk_records, make_thought
 from longshort.thoughts.importance import ImportanceConfig, plan
 from longshort.thoughts.ingest import load_traces
 from longshort.thoughts.scoring import score_record
@@ -38,7 +38,7 @@ def build_traces(engine: HFEngine, path: Path, k: int, prefix_tokens: int, n_pre
     """Real traces cut to ~prefix_tokens thinking tokens; early thoughts merged into the first so
     that the scored prefixes (i = 0 is the question alone) are the last `n_prefixes` ones."""
     out = []
-    for rec in chunk_records(load_traces(path))[: k * 3]:
+    for rec in chunk_records(load_traces(path), ChunkConfig(method="heuristic"))[: k * 3]:
         steps, used, cut = rec["steps"], 0, 0
         for i, s in enumerate(steps):
             used += engine.count_tokens(s) + 1
