@@ -260,3 +260,26 @@ def test_training_under_accelerate_launch(smoke_run, tmp_path):
                   ["--role", "short", "--data", run_cfg.data, "--model", run_cfg.model, "--out", run_cfg.out])
     assert json.loads((tmp_path / "short.run.json").read_text())["max_steps"] == 1
     assert (Path(out) / "config.json").exists() and (Path(out) / "longshort_run.json").exists()
+
+
+def test_baseline_trains_only_when_a_stage_that_runs_uses_it(tmp_path, capsys):
+    """A run that stops before anything uses the fine-tuned baseline (here at `score`, scored by
+    the base model) skips the baseline's SFT; a resumed run that goes further trains it then."""
+    from longshort.pipeline.stages import needs_baseline_sft
+
+    cfg = load_config(ROOT / "configs" / "smoke.yaml")
+    assert needs_baseline_sft(cfg) and needs_baseline_sft(cfg, STAGE_NAMES)
+    assert not needs_baseline_sft(cfg, STAGE_NAMES[:STAGE_NAMES.index("score") + 1])
+    assert needs_baseline_sft(cfg, STAGE_NAMES[:STAGE_NAMES.index("baseline") + 1])  # asked for it
+    scorer = cfg.model_copy(update={"models": cfg.models.model_copy(update={"scorer": "baseline"})})
+    assert needs_baseline_sft(scorer, STAGE_NAMES[:STAGE_NAMES.index("score") + 1])
+
+    out = tmp_path / "run"
+    recipe = str(ROOT / "configs" / "smoke.yaml")
+    assert main(["pipeline", recipe, "--out", str(out), "--stop-after", "score"]) == 0
+    assert not (out / "baseline" / "model").exists() and (out / "score" / "DONE").exists()
+    capsys.readouterr()
+    assert main(["pipeline", recipe, "--out", str(out), "--resume", "--stop-after", "baseline"]) == 0
+    err = capsys.readouterr().err
+    assert "baseline: SFT of the long-CoT baseline" in err and "chunk: done earlier, skipped" in err
+    assert (out / "baseline" / "model" / "longshort_run.json").exists()

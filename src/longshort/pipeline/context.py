@@ -76,6 +76,7 @@ class RunContext:
     def __init__(self, config: PipelineConfig, out: Path, resume: bool, console: Console, config_path: str = ""):
         self.config, self.out, self.resume, self.console = config, out, resume, console
         self.config_path = config_path
+        self.stages: list[str] | None = None  # the names of the stages this run goes through (None = all)
         self.summaries: dict[str, dict[str, Any]] = {}
 
     def dir(self, stage: str) -> Path:

@@ -23,7 +23,14 @@ from longshort.pipeline.context import (
 )
 from longshort.pipeline.evaluate import stage_eval
 from longshort.pipeline.report import stage_report, write_summary
-from longshort.pipeline.stages import stage_baseline, stage_chunk, stage_coldstart, stage_data, stage_score
+from longshort.pipeline.stages import (
+    needs_baseline_sft,
+    stage_baseline,
+    stage_chunk,
+    stage_coldstart,
+    stage_data,
+    stage_score,
+)
 from longshort.pipeline.training import stage_rl, stage_sft
 from longshort.rundir import environment_manifest, fingerprint, guard_run_dir, read_json
 
@@ -145,10 +152,14 @@ def _run_stages(config: PipelineConfig, out: Path, resume: bool, console: Consol
     write_json_atomic(manifest_path, manifest)
     t_all = time.time()
     stages = STAGES[: STAGE_NAMES.index(stop) + 1] if stop else STAGES
+    ctx.stages = [s.name for s in stages]
     for i, stage in enumerate(stages, start=1):
         done_path = out / stage.name / DONE
         fp = fingerprints[stage.name]
         tag = f"[{i}/{len(stages)}] {stage.name}"
+        if done_path.exists() and stage.name == "baseline" and needs_baseline_sft(config, ctx.stages) \
+                and read_json(done_path).get("summary", {}).get("model") is None:
+            done_path.unlink()  # skipped by an earlier run that stopped sooner; this one needs it
         if done_path.exists():
             done = json.loads(done_path.read_text())
             ctx.summaries[stage.name] = done.get("summary", {})

@@ -136,8 +136,18 @@ def baseline_examples(traces: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def needs_baseline_sft(cfg: Any) -> bool:
-    return cfg.eval.baseline == "distill" or cfg.models.scorer == "baseline" or cfg.models.pair_init == "baseline"
+def needs_baseline_sft(cfg: Any, stages: Any = None) -> bool:
+    """Whether a stage of this run uses the fine-tuned baseline: score (as the scorer), sft (as the
+    roles' start), eval (as the distilled baseline). `stages`: the names of the stages that run
+    (None = all); a run that stops before them (`stop_after`) skips the baseline's training, and
+    a later run that goes further trains it then."""
+    def runs(name: str) -> bool:
+        return stages is None or name in stages
+
+    if stages is not None and list(stages)[-1:] == ["baseline"]:  # the run stops at the baseline: train it
+        return True
+    return ((runs("score") and cfg.models.scorer == "baseline") or (runs("sft") and cfg.models.pair_init == "baseline")
+            or (runs("eval") and cfg.eval.baseline == "distill"))
 
 
 def stage_baseline(ctx: RunContext) -> dict[str, Any]:
@@ -146,7 +156,7 @@ def stage_baseline(ctx: RunContext) -> dict[str, Any]:
     from longshort.pipeline.training import train_one
 
     cfg, d = ctx.config, ctx.dir("baseline")
-    if not needs_baseline_sft(cfg):
+    if not needs_baseline_sft(cfg, ctx.stages):
         return {"model": None}
     data = d / "baseline_data.jsonl"
     write_jsonl_atomic(data, baseline_examples(read_jsonl(ctx.out / "data" / "traces.jsonl")))
