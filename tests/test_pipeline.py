@@ -278,7 +278,9 @@ def test_baseline_trains_only_when_a_stage_that_runs_uses_it(tmp_path, capsys):
     recipe = str(ROOT / "configs" / "smoke.yaml")
     assert main(["pipeline", recipe, "--out", str(out), "--stop-after", "score"]) == 0
     assert not (out / "baseline" / "model").exists() and (out / "score" / "DONE").exists()
-    capsys.readouterr()
+    # the score stage prints its cost plan before it starts, and the actual cost when done
+    err = capsys.readouterr().err
+    assert "plan: 4 trace(s)" in err and "rollouts, ~" in err and "generated tokens (estimated" in err
     assert main(["pipeline", recipe, "--out", str(out), "--resume", "--stop-after", "baseline"]) == 0
     err = capsys.readouterr().err
     assert "baseline: SFT of the long-CoT baseline" in err and "chunk: done earlier, skipped" in err

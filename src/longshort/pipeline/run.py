@@ -50,7 +50,10 @@ def _h_chunk(s: dict[str, Any]) -> str:
 
 def _h_score(s: dict[str, Any]) -> str:
     au = (s.get("auroc") or {}).get("auroc")
-    return f"{s['traces']} traces scored ({s.get('estimator')}, {s.get('model')})" + (
+    pva = s.get("plan_vs_actual") or {}
+    cost = (f", {pva['actual']} generated tokens (estimated {pva['estimated']})"
+            if pva.get("estimated") else "")
+    return f"{s['traces']} traces scored ({s.get('estimator')}, {s.get('model')})" + cost + (
         f", AUROC {au:.3f}" if au is not None else "")
 
 

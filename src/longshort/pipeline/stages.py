@@ -200,7 +200,7 @@ def stage_score(ctx: RunContext) -> dict[str, Any]:
     """Importance of every thought (resumable per trace); on planted traces also its quality:
     AUROC essential vs redundant with the chunker's and with the gold boundaries, and the rank
     agreement with the other estimator on a subset (`quality` section)."""
-    from longshort.thoughts.importance import plan
+    from longshort.thoughts.importance import describe_plan, plan
     from longshort.thoughts.quality import importance_auroc
 
     cfg, d = ctx.config, ctx.dir("score")
@@ -211,6 +211,7 @@ def stage_score(ctx: RunContext) -> dict[str, Any]:
     with Engines(cfg) as engines:
         engine = engines.get(model)
         summary["plan"] = plan(records, engine, cfg.score)
+        ctx.console.print(f"      plan: {describe_plan(summary['plan'], cfg.score)}")  # the cost, before any work
         ctx.log(f"plan: {summary['plan']}")
         scored = _score_file(records, d / "scored.jsonl", engine, cfg.score)
         planted = [r for r in scored if r.get("gold_thoughts")]
