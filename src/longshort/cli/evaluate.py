@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from longshort.cli.app import app, config_option
+from longshort.cli.app import app, config_default, config_option
 from longshort.dialogue.collab import CollabConfig
 from longshort.errors import InputError
 from longshort.evaluation.grading import GradingConfig
@@ -43,7 +43,9 @@ def eval_command(
     long_base_url: Annotated[str | None, typer.Option(help="The long model's own server (over --base-url)")] = None,
     short_base_url: Annotated[str | None, typer.Option(help="The short model's own server (over --base-url)")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Benchmark data directory (default: $LONGSHORT_DATA or ../shared/benchmarks)")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Most tokens one generation writes: every turn of either role, and a solo answer (--mode long|short) (default: 1024 long / 512 short; solo: the dialogue's whole budget)")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Most tokens one generation writes: every turn of either role, and a solo answer (--mode long|short) "
+                                                           f"(default: {config_default(CollabConfig, 'max_new_tokens_long')} long / "
+                                                           f"{config_default(CollabConfig, 'max_new_tokens_short')} short; solo: the dialogue's whole budget)")] = None,
     max_new_tokens_long: Annotated[int | None, config_option(CollabConfig, "max_new_tokens_long", annotated=True, min=1, help="Long turn limit, over --max-new-tokens")] = None,
     max_new_tokens_short: Annotated[int | None, config_option(CollabConfig, "max_new_tokens_short", annotated=True, min=1, help="Short turn limit, over --max-new-tokens")] = None,
     max_turns: Annotated[int | None, config_option(CollabConfig, "max_turns", annotated=True, min=1, help="Most long turns per dialogue")] = None,

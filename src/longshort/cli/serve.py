@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import typer
 
-from longshort.cli.app import app
+from longshort.cli.app import app, config_default
 from longshort.errors import LongshortError
 
 
 def _help(name: str) -> str:
     from longshort.serve.config import ServeConfig
 
-    field = ServeConfig.model_fields[name]
-    default = field.default if field.default_factory is None else field.default_factory()
-    return f"{field.description} (default: {default})"
+    return f"{ServeConfig.model_fields[name].description} (default: {config_default(ServeConfig, name)})"
 
 
 @app.command()

@@ -77,14 +77,6 @@ def _check_problem_record(rec: dict[str, Any], path: str, line: int) -> None:
     check_problem_fields(rec, path=path, line=line)
 
 
-def _make_engines(long: str, short: str, engine: str, base_url: str | None, long_base_url: str | None = None,
-                  short_base_url: str | None = None):
-    from longshort.engines import make_pair
-
-    return make_pair(long, short, engine, base_url=base_url, long_base_url=long_base_url,
-                     short_base_url=short_base_url)
-
-
 def _grade(rec: dict[str, Any]) -> bool | None:
     """Correctness of a record that carries a gold `answer` (None when it has none)."""
     if rec.get("answer") in (None, ""):
@@ -209,7 +201,10 @@ def solve(
         return
 
     # 3. Models, then solve, appending each record as its dialogue finishes.
-    long_engine, short_engine = _make_engines(long.strip(), short.strip(), engine, base_url, long_base_url, short_base_url)
+    from longshort.engines import make_pair
+
+    long_engine, short_engine = make_pair(long.strip(), short.strip(), engine, base_url=base_url,
+                                          long_base_url=long_base_url, short_base_url=short_base_url)
     records: list[dict[str, Any]] = []
     try:
         for rec in iter_solve(problems, long_engine=long_engine, short_engine=short_engine, config=config,

@@ -26,13 +26,14 @@ def prefix_roots(prompts: Sequence[Sequence[int]]) -> list[int]:
     >>> prefix_roots([[1, 2], [1, 2, 3], [4], [1, 2, 3], [1]])
     [1, 1, 2, 1, 1]
     """
+    prompts = [list(p) for p in prompts]  # one copy each; the comparisons below slice these
     order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
     roots: list[int] = []
     root = [0] * len(prompts)
     for i in order:
-        p = list(prompts[i])
+        p = prompts[i]
         for r in roots:
-            if list(prompts[r][:len(p)]) == p:
+            if prompts[r][:len(p)] == p:
                 root[i] = r
                 break
         else:
