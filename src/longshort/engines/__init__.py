@@ -58,12 +58,26 @@ def make_pair(long: str | None, short: str | None, engine: str = "transformers",
     """The engines of the two roles (`make_engine` each), one engine when both roles name the same
     model at the same address; a role given as None gets None (a solo run needs only one). With
     ``engine="openai"`` each role may have its own server (`long_base_url` / `short_base_url`,
-    each falling back to `base_url`): two `vllm serve` processes, one per model."""
+    each falling back to `base_url`): two `vllm serve` processes, one per model. With
+    ``engine="vllm"`` two different models share the GPU: each gets its own memory share
+    (options `long_gpu_memory_utilization` / `short_gpu_memory_utilization`, `vllm.pair_options`),
+    and a split that cannot fit is refused before either model loads."""
     long_url, short_url = long_base_url or base_url, short_base_url or base_url
-    long_engine = make_engine(long, engine, base_url=long_url, **kwargs) if long else None
-    if short and short == long and short_url == long_url:
+    shared = bool(long) and short == long and short_url == long_url
+    long_kw = short_kw = kwargs
+    if _ALIASES.get((engine or "").strip().lower()) == "vllm":
+        from longshort.engines.vllm import pair_options
+
+        long_kw, short_kw = pair_options(kwargs, two=bool(long and short and not shared))
+    long_engine = make_engine(long, engine, base_url=long_url, **long_kw) if long else None
+    if shared:
         return long_engine, long_engine
-    return long_engine, (make_engine(short, engine, base_url=short_url, **kwargs) if short else None)
+    try:
+        return long_engine, (make_engine(short, engine, base_url=short_url, **short_kw) if short else None)
+    except BaseException:  # the short model failed to load: release the long one's memory
+        if long_engine is not None:
+            long_engine.close()
+        raise
 
 
 def _init_options(cls: type) -> set[str]:
