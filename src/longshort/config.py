@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from longshort.dialogue.collab import CollabConfig
-from longshort.errors import InputError
+from longshort.errors import InputError, LongshortError
 from longshort.io import compose_yaml, read_yaml
 from longshort.models import spec_problem
 from longshort.thoughts.chunking import ChunkConfig
@@ -54,14 +54,37 @@ class ModelsConfig(_Strict):
     engine: Literal["transformers", "hf", "vllm", "openai"] = Field(
         "transformers", description="generation engine for scoring and evaluation; transformers "
         "works on CPU, vllm is the fast choice on GPUs")
-    base_url: str | None = Field(None, description="server URL for engine 'openai' (e.g. a vllm serve)")
+    base_url: str | None = Field(None, description="server URL for engine 'openai' (e.g. a vllm serve); "
+                                 "None = each role's own URL below (no default server: one must be named)")
+    long_base_url: str | None = Field(None, description="the long model's own server (engine 'openai'); None "
+                                      "= base_url. Also serves the stages' own work (scoring, llm chunking and "
+                                      "compression) when base_url is not set")
+    short_base_url: str | None = Field(None, description="the short model's own server (engine 'openai'); "
+                                       "None = base_url (one server for both roles)")
     engine_options: dict[str, Any] = Field(default_factory=dict, description="extra keyword "
-                                           "arguments for the engine (e.g. batch_size, gpu_memory_utilization)")
+                                           "arguments for the engine (e.g. batch_size, gpu_memory_utilization; "
+                                           "vllm: long_/short_gpu_memory_utilization for the pair)")
 
     @model_validator(mode="after")
-    def _openai_needs_url(self) -> ModelsConfig:
-        if self.engine == "openai" and not self.base_url:
-            raise ValueError("engine 'openai' needs models.base_url")
+    def _check_engine(self) -> ModelsConfig:
+        urls = ("base_url", "long_base_url", "short_base_url")
+        if self.engine != "openai":
+            given = [u for u in urls if getattr(self, u)]
+            if given:
+                raise ValueError(f"models.{given[0]} is only used with engine 'openai' (engine is {self.engine!r})")
+        else:  # the pipeline always evaluates the pair, so both roles need a server
+            missing = [f"models.{r}_base_url" for r in ("long", "short")
+                       if not (getattr(self, f"{r}_base_url") or self.base_url)]
+            if missing:
+                raise ValueError(f"engine 'openai' needs models.base_url, or a server per role: "
+                                 f"{' and '.join(missing)} missing")
+        if self.engine == "vllm":  # the eval stage runs two models on one GPU: refuse a split that cannot fit
+            from longshort.engines.vllm import pair_options
+
+            try:
+                pair_options(self.engine_options, two=True)
+            except LongshortError as exc:
+                raise ValueError(f"models.engine_options: {exc}") from None
         return self
 
 

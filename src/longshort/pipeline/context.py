@@ -134,25 +134,44 @@ def captured_output(log_path: Path, *, verbose: bool) -> Iterator[TextIO]:
 
 
 class Engines:
-    """Engines built once per stage and released at its end (training needs the memory)."""
+    """Engines built once per stage and released at its end (training needs the memory).
+
+    `get(spec)` is a stage's own engine (llm chunking, scoring, llm compression); `pair(long, short)`
+    are the two roles' engines (evaluation), each at its role's server (`models.long_base_url` /
+    `short_base_url`, else `base_url`) and, on engine vllm, with its own share of GPU memory."""
 
     def __init__(self, config: PipelineConfig):
         self.config = config
-        self._cache: dict[str, Any] = {}
+        self._cache: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+
+    def _make_pair(self, long: str | None, short: str | None, *, stage: bool = False) -> tuple[Any, Any]:
+        from longshort.engines import make_pair
+
+        m = self.config.models
+        urls: dict[str, Any] = {}
+        if m.engine == "openai":
+            urls = {"base_url": m.base_url or m.long_base_url} if stage else \
+                {"base_url": m.base_url, "long_base_url": m.long_base_url, "short_base_url": m.short_base_url}
+        return make_pair(long, short, m.engine, **urls, **m.engine_options)
 
     def get(self, spec: str):
-        if spec not in self._cache:
-            from longshort.engines import make_engine
+        """The engine of `spec` for a stage's own work: at `models.base_url`, else the long role's server."""
+        key = ("stage", spec)
+        if key not in self._cache:
+            self._cache[key] = self._make_pair(spec, None, stage=True)
+        return self._cache[key][0]
 
-            m = self.config.models
-            kw = dict(m.engine_options)
-            if m.engine == "openai":
-                kw["base_url"] = m.base_url
-            self._cache[spec] = make_engine(spec, m.engine, **kw)
-        return self._cache[spec]
+    def pair(self, long: str | None, short: str | None) -> tuple[Any, Any]:
+        """The long and the short role's engines (None for a role given as None; one engine when both
+        roles are the same model at the same server), built together by `engines.make_pair`."""
+        key = ("pair", long, short)
+        if key not in self._cache:
+            self._cache[key] = self._make_pair(long, short)
+        return self._cache[key]
 
     def close(self) -> None:
-        for engine in self._cache.values():
+        engines = {id(e): e for built in self._cache.values() for e in built if e is not None}
+        for engine in engines.values():
             engine.close()
         self._cache.clear()
         import gc

@@ -40,15 +40,15 @@ def stage_eval(ctx: RunContext) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {label: {} for label in sets}
     for system in order:
         mode, long_model, short_model = systems[system]
-        with Engines(cfg) as engines:
-            le = engines.get(long_model) if long_model else None
-            se = engines.get(short_model) if short_model else None
+        with Engines(cfg) as engines:  # each role at its own server; on vllm, its own share of the GPU
+            le, se = engines.pair(long_model, short_model)
             for label, path in sets.items():
                 out = d / label / system
                 ctx.log(f"{system} ({mode}) on {label}")
                 ecfg = EvalConfig(benchmark=str(path), mode=mode, long_model=long_model or short_model,
                                   short_model=short_model or long_model, engine=cfg.models.engine,
-                                  base_url=cfg.models.base_url, samples=cfg.eval.samples, seed=cfg.seed,
+                                  base_url=cfg.models.base_url, long_base_url=cfg.models.long_base_url,
+                                  short_base_url=cfg.models.short_base_url, samples=cfg.eval.samples, seed=cfg.seed,
                                   collab=cfg.eval.collab,
                                   baseline_dir=None if system == "baseline" else str(d / label / "baseline"))
                 m = run_eval(ecfg, out, resume=True, progress=True, engines=(le, se),
