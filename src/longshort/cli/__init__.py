@@ -11,6 +11,7 @@ import sys
 import typer
 
 from longshort.cli import evaluate as _evaluate  # noqa: E402,F401
+from longshort.cli import export as _export  # noqa: E402,F401
 from longshort.cli import pipeline as _pipeline  # noqa: E402,F401
 from longshort.cli import serve as _serve  # noqa: E402,F401
 

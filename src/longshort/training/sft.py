@@ -93,6 +93,16 @@ def _messages(value: Any, path: str, line: int) -> list[dict[str, str]]:
     return value
 
 
+def check_sft_record(rec: dict[str, Any], path: str, line: int) -> None:
+    """Raise `InputError` (file, line, field) unless `rec` has the fields training reads: `prompt`
+    (chat messages), `completion` (a string) and an optional string `assistant_prefix`."""
+    _messages(rec.get("prompt"), path, line)
+    if not isinstance(rec.get("completion"), str):
+        raise InputError("expected a string", path=path, line=line, field="completion")
+    if not isinstance(rec.get("assistant_prefix", ""), str):
+        raise InputError("expected a string", path=path, line=line, field="assistant_prefix")
+
+
 def load_sft_records(path: str, role: str, *, skip_bad: bool = False) -> list[dict[str, Any]]:
     """Read and validate an SFT file for `role`; raise `InputError` (file, line, field) on a bad
     record, or when no record is left."""
@@ -105,12 +115,7 @@ def load_sft_records(path: str, role: str, *, skip_bad: bool = False) -> list[di
     for idx, rec in enumerate(raw):
         line = lines[idx] if idx < len(lines) else idx + 1
         try:
-            _messages(rec["prompt"], path, line)
-            if not isinstance(rec["completion"], str):
-                raise InputError("expected a string", path=path, line=line, field="completion")
-            prefix = rec.get("assistant_prefix", "")
-            if not isinstance(prefix, str):
-                raise InputError("expected a string", path=path, line=line, field="assistant_prefix")
+            check_sft_record(rec, path, line)
         except InputError:
             if not skip_bad:
                 raise
