@@ -125,6 +125,43 @@ def test_prompts_that_begin_other_prompts_decode_off_their_cache(engine):
                 assert a.prompt_tokens == b.prompt_tokens
 
 
+def test_prompts_sharing_a_start_encode_it_once(engine, monkeypatch):
+    """Dialogue turns of many problems share the role's system prompt but no prompt begins
+    another: the shared start is encoded once (two forward passes, the first one row per group),
+    and the samples and logprobs are those of encoding every prompt alone, next to a prompt that
+    begins another, one with nothing shared and n > 1; dynamic and static cache."""
+    system = "You are a careful solver. Think step by step, then give the answer in a box. " * 3
+    texts = [engine.render(GenerationRequest(messages=[{"role": "system", "content": system},
+                                                       {"role": "user", "content": q}])) for q in QUESTIONS]
+    texts += [texts[0] + " Let me think.", engine.render(chat("Unrelated"))]
+    from longshort.engines import prefill as pf
+
+    ids = [engine.encode(t) for t in texts]
+    encoded = sorted(set(pf.prefix_roots(ids)))
+    ends = {k: len(ids[k]) for k in encoded}
+    groups = pf.shared_starts(ids, encoded, ends)
+    assert len({g for g, _ in groups}) == 2 and min(s for _, s in groups) >= pf.MIN_SHARED
+    widths = []
+    real = pf.prefill
+
+    def spy(forward, *a, **k):
+        return real(lambda cache, **kw: widths.append(tuple(kw["input_ids"].shape)) or forward(cache, **kw), *a, **k)
+
+    monkeypatch.setattr("longshort.engines.hf.prefill", spy)
+    for params in (dict(temperature=0.0, max_new_tokens=6), dict(temperature=1.0, top_p=0.9, max_new_tokens=8, n=2)):
+        reqs = [GenerationRequest(prompt=t, params=SamplingParams(seed=i, logprobs=True, **params))
+                for i, t in enumerate(texts)]
+        plain = HFEngine.from_model(engine.model, engine.tokenizer, reuse_prefix=False).generate(reqs)
+        for fast in ("off", "on"):
+            widths.clear()
+            shared = HFEngine.from_model(engine.model, engine.tokenizer, fast_path=fast, compile=False).generate(reqs)
+            assert [w[0] for w in widths] == [2, 5]  # the starts, one row per group; then the 5 prompts' rests
+            for a, b in zip(shared, plain, strict=True):
+                assert [c.token_ids for c in a.completions] == [c.token_ids for c in b.completions]
+                for ca, cb in zip(a.completions, b.completions, strict=True):
+                    assert ca.logprobs == pytest.approx(cb.logprobs, abs=1e-4)
+
+
 def test_prefix_roots_group_prompts_by_family():
     from longshort.engines.prefill import prefix_roots
 

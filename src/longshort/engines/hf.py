@@ -332,11 +332,11 @@ class HFEngine(Engine):
         # Row r of the decode batch is sample rows[r] = (unit index, request index, sample index).
         rows = [(ui, u.req, j) for ui, u in enumerate(units) for j in u.samples]
         R = len(rows)
-        L = max(len(u.ids) for u in units)
         cache = DynamicCache(config=self.model.config)
         logits, mask, last_pos = prefill(self._forward, cache, [u.ids for u in units], [ui for ui, _, _ in rows],
                                          pad=self.tokenizer.pad_token_id, device=dev,
                                          reuse=self.config.reuse_prefix)
+        L = mask.shape[1]  # the cache's columns after the prefill
 
         params = [requests[q].params for _, q, _ in rows]
         max_new = [p.max_new_tokens for p in params]

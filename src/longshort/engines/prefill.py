@@ -18,6 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+# Shortest start worth encoding once for several prompts (tokens): below it, the second
+# forward pass costs more than it saves.
+MIN_SHARED = 16
+
 
 def prefix_roots(prompts: Sequence[Sequence[int]]) -> list[int]:
     """For each prompt, the index of the longest prompt of the list that begins with it (itself
@@ -42,41 +46,129 @@ def prefix_roots(prompts: Sequence[Sequence[int]]) -> list[int]:
     return root
 
 
+def shared_starts(prompts: Sequence[Sequence[int]], encoded: Sequence[int], ends: dict[int, int], *,
+                  min_shared: int = MIN_SHARED) -> list[tuple[int, int]]:
+    """Group the `encoded` prompts (indices into `prompts`) that begin with the same tokens: for
+    each, (its group, the length of the start it shares with the group, encoded once). A start is
+    shared only when it is at least `min_shared` tokens long, and it stops before the shortest
+    prompt that reads its logits from the group (`ends[k]`: that length, per encoded prompt), so
+    every such prompt has a token after it. A prompt alone in its group gets the longest shared
+    start (capped the same way): it would be padding there otherwise.
+
+    >>> a, b, c = [1] * 20 + [2, 3], [1] * 20 + [4], [9] * 30
+    >>> shared_starts([a, b, c], [0, 1, 2], {0: 22, 1: 21, 2: 30})
+    [(0, 20), (0, 20), (1, 20)]
+    >>> shared_starts([a, c], [0, 1], {0: 22, 1: 30})  # nothing shared: one phase
+    [(0, 0), (1, 0)]
+    """
+    from os.path import commonprefix
+
+    order = sorted(range(len(encoded)), key=lambda k: list(prompts[encoded[k]]))
+    groups: list[list[int]] = []
+    shared: list[int] = []
+    for k in order:
+        if groups:
+            prev = prompts[encoded[groups[-1][-1]]]
+            start = len(commonprefix([list(prev), list(prompts[encoded[k]])]))
+            if len(groups[-1]) > 1:
+                start = min(start, shared[-1])
+            start = min(start, ends[encoded[k]] - 1, min(ends[encoded[j]] for j in groups[-1]) - 1)
+            if start >= min_shared:
+                groups[-1].append(k)
+                shared[-1] = start
+                continue
+        groups.append([k])
+        shared.append(0)
+    longest = max((s for g, s in zip(groups, shared, strict=True) if len(g) > 1), default=0)
+    out = [(0, 0)] * len(encoded)
+    for gi, (g, s) in enumerate(zip(groups, shared, strict=True)):
+        if len(g) == 1 and longest:
+            s = min(longest, ends[encoded[g[0]]] - 1)
+        for k in g:
+            out[k] = (gi, s)
+    return out
+
+
 def prefill(forward: Callable[..., Any], cache: Any, prompts: Sequence[Sequence[int]], row_prompts: Sequence[int],
-            *, pad: int, device: Any, reuse: bool = True) -> tuple[Any, Any, Any]:
+            *, pad: int, device: Any, reuse: bool = True, min_shared: int = MIN_SHARED) -> tuple[Any, Any, Any]:
     """Encode the prompts of a decode batch into `cache` (rows: `row_prompts[r]` is row r's
-    prompt index). Returns the next-token logits per row (R × V), the attention mask (R × L) and
+    prompt index). Returns the next-token logits per row (R × V), the attention mask (R × W) and
     each row's last position id (R)."""
     import torch
 
-    L = max(len(p) for p in prompts)
-    root = prefix_roots(prompts) if reuse else list(range(len(prompts)))
-    encoded = sorted(set(root[p] for p in row_prompts)) if reuse else list(row_prompts)
-    ids = torch.full((len(encoded), L), pad, dtype=torch.long)
-    mask = torch.zeros((len(encoded), L), dtype=torch.long)
-    for k, p in enumerate(encoded):
-        seq = prompts[p]
-        ids[k, L - len(seq):] = torch.tensor(list(seq))
-        mask[k, L - len(seq):] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
     if not reuse:
+        L = max(len(p) for p in prompts)
+        ids, mask = _left_padded([prompts[p] for p in row_prompts], L, pad)
+        ids, mask = ids.to(device), mask.to(device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = forward(cache, input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits
         return logits[:, -1, :], mask, pos[:, -1]
+    root = prefix_roots(prompts)
+    encoded = sorted(set(root[p] for p in row_prompts))
     slot = {p: k for k, p in enumerate(encoded)}
-    # the column of each prompt's last token in its root's (left-padded) row
-    col = [L - len(prompts[root[p]]) + len(prompts[p]) - 1 for p in range(len(prompts))]
-    keep = sorted(set(col[p] for p in row_prompts))
-    kept = 1 if keep == [L - 1] else torch.tensor(keep, device=device)
+    ends: dict[int, int] = {}
+    for p in row_prompts:
+        ends[root[p]] = min(ends.get(root[p], len(prompts[p])), len(prompts[p]))
+    split = shared_starts(prompts, encoded, ends, min_shared=min_shared)
+    if any(s == 0 for _, s in split):
+        split = [(k, 0) for k in range(len(encoded))]  # one phase: every prompt encoded whole
+    P = max(s for _, s in split)  # the shared starts' region: columns [0, P)
+    S = max(len(prompts[r]) - s for r, (_, s) in zip(encoded, split, strict=True))  # the rest: columns [P, P + S)
+    if P:
+        # Phase 1: each group's shared start once, left-padded in the first region; then the
+        # cache's rows are copied out to the group's prompts.
+        first: dict[int, int] = {}
+        for k, (g, _) in enumerate(split):
+            first.setdefault(g, k)
+        starts = [prompts[encoded[k]][:split[k][1]] for k in first.values()]
+        ids1, mask1 = _left_padded(starts, P, pad)
+        ids1, mask1 = ids1.to(device), mask1.to(device)
+        forward(cache, input_ids=ids1, attention_mask=mask1, position_ids=(mask1.cumsum(-1) - 1).clamp(min=0),
+                logits_to_keep=1)
+        group_row = {g: i for i, g in enumerate(first)}
+        rows = torch.tensor([group_row[g] for g, _ in split], device=device)
+        cache.batch_select_indices(rows)
+        mask1 = mask1[rows]
+    # Phase 2 (the only one when nothing is shared): the rest of every encoded prompt.
+    rests = [prompts[r][s:] for r, (_, s) in zip(encoded, split, strict=True)]
+    ids, mask2 = _left_padded(rests, S, pad)
+    ids, mask2 = ids.to(device), mask2.to(device)
+    shift = torch.tensor([s for _, s in split], device=device)[:, None]
+    pos = (mask2.cumsum(-1) - 1).clamp(min=0) + shift
+    mask = torch.cat([mask1, mask2], dim=1) if P else mask2
+
+    def column(p: int) -> int:
+        """The column of prompt p's last token in its root's row."""
+        r = root[p]
+        s = split[slot[r]][1]
+        t = len(prompts[p]) - 1
+        return P - s + t if t < s else P + S - (len(prompts[r]) - s) + (t - s)
+
+    col = {p: column(p) for p in set(row_prompts)}
+    keep = sorted(set(col[p] - P for p in row_prompts))
+    kept = 1 if keep == [S - 1] else torch.tensor(keep, device=device)
     logits = forward(cache, input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=kept).logits
     at = {c: k for k, c in enumerate(keep)}
     src = [slot[root[p]] for p in row_prompts]
     src_t = torch.tensor(src, device=device)
-    logits = logits[src_t, torch.tensor([at[col[p]] for p in row_prompts], device=device)]
+    logits = logits[src_t, torch.tensor([at[col[p] - P] for p in row_prompts], device=device)]
     if src != list(range(len(encoded))):
         cache.batch_select_indices(src_t)
         mask = mask[src_t]
-    ends = torch.tensor([col[p] + 1 for p in row_prompts], device=device)
-    mask = mask * (torch.arange(L, device=device)[None, :] < ends[:, None]).to(mask.dtype)
+    stop = torch.tensor([col[p] + 1 for p in row_prompts], device=device)
+    mask = mask * (torch.arange(P + S, device=device)[None, :] < stop[:, None]).to(mask.dtype)
     last = torch.tensor([len(prompts[p]) - 1 for p in row_prompts], device=device)
     return logits, mask, last
+
+
+def _left_padded(seqs: Sequence[Sequence[int]], width: int, pad: int) -> tuple[Any, Any]:
+    """Token ids and attention mask of `seqs`, each left-padded to `width` columns."""
+    import torch
+
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for k, seq in enumerate(seqs):
+        if seq:
+            ids[k, width - len(seq):] = torch.tensor(list(seq))
+            mask[k, width - len(seq):] = 1
+    return ids, mask
