@@ -174,6 +174,14 @@ def rl(
     length_budget: int | None = config_option(RLRunConfig, "rewards.length_budget", min=1, help="tokens at which the length bonus is 0"),
     partner_base_url: str | None = typer.Option(None, help="OpenAI-compatible server serving the frozen partner "
                                                 "(its model name: the partner's --long/--short value)"),
+    partner_server: str | None = config_option(RLRunConfig, "partner_server", help="managed: start a server for "
+                                               "each iteration's partner and stop it after; none: in-process or "
+                                               "--partner-base-url"),
+    partner_server_command: str | None = typer.Option(None, help="with --partner-server managed: the server "
+                                                      "command per iteration, e.g. 'vllm serve {model} --port "
+                                                      "{port}' (default: longshort serve)"),
+    partner_server_timeout: float | None = config_option(RLRunConfig, "partner_server_timeout",
+                                                         help="seconds a managed partner server may take to start"),
     lora: bool | None = config_option(RLRunConfig, "lora", "--lora/--full", help="LoRA adapters (merged on save) or all weights"),
     save_steps: int | None = config_option(RLRunConfig, "save_steps", min=1, help="checkpoint every N steps"),
     precision: str | None = config_option(RLRunConfig, "precision", help="auto | fp32 | bf16 | fp16"),
@@ -206,6 +214,8 @@ def rl(
         long=long, short=short, data=str(data), out=str(out), iterations=iterations, first=first,
         max_steps=max_steps, epochs=epochs, num_generations=num_generations, batch_size=batch_size,
         grad_accum=grad_accum, lr=lr, beta=beta, temperature=temperature, partner_base_url=partner_base_url,
+        partner_server=partner_server, partner_server_command=partner_server_command,
+        partner_server_timeout=partner_server_timeout,
         lora=lora, save_steps=save_steps, precision=precision, report_to=report_to, resume=resume or None,
         skip_bad=skip_bad or None, seed=seed))
     result = run_rl(cfg)

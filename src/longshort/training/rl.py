@@ -13,7 +13,8 @@ returns.
 The pieces, one topic a file: `training.rl_config` (`RLRunConfig`), `training.rl_problems`
 (problems file, dataset, difficulty pre-pass), `training.policy_decode` (the policy's decoding
 loop), `training.rollout` (`DialogueRollout`), `training.rl_scoring` (`RolloutScorer`, the default
-rewards) and this module (partner, trainer, the alternating loop). Their public names are
+rewards), `training.partner_server` (the per-iteration partner server of ``partner_server:
+managed``) and this module (partner, trainer, the alternating loop). Their public names are
 re-exported here, so `from longshort.training.rl import ...` keeps working.
 
 Signal (DAPO): the rollout scores its dialogues itself (`RolloutScorer`) and, with
@@ -48,6 +49,7 @@ from longshort.training.common import (
     trainer_arguments,
     write_done_marker,
 )
+from longshort.training.partner_server import PartnerServer, check_partner_server, managed_partner
 from longshort.training.policy_decode import PolicyTurn, policy_generate
 from longshort.training.rl_config import OTHER, RLRunConfig
 from longshort.training.rl_problems import keep_intermediate, load_problems, problems_dataset, solve_rates
@@ -58,10 +60,14 @@ from longshort.training.sft import save_final
 log = logging.getLogger(__name__)
 
 
-def make_partner(spec: str, config: RLRunConfig) -> Engine:
-    """The frozen partner: in-process transformers engine, or the OpenAI-compatible server."""
+def make_partner(spec: str, config: RLRunConfig, served: PartnerServer | None = None) -> Engine:
+    """The frozen partner: in-process transformers engine, the OpenAI-compatible server of
+    ``partner_base_url``, or the iteration's managed server `served` (``partner_server: managed``)."""
     from longshort.engines import make_engine
 
+    if served is not None:
+        return make_engine(served.model_name or spec, "openai", base_url=served.base_url,
+                           **config.partner_engine_kwargs)
     if config.partner_base_url:
         return make_engine(spec, "openai", base_url=config.partner_base_url, **config.partner_engine_kwargs)
     check_model_spec(spec, what="partner model")
@@ -177,9 +183,10 @@ def run_rl(config: RLRunConfig, *, reward_funcs: list | None = None,
     default rewards (library use, e.g. tests)."""
     out = Path(config.out)
     schedule = config.schedule()
+    check_partner_server(config)
     if config.partner_base_url and config.iterations > 1:
         raise LongshortError("--partner-base-url serves one fixed partner, so it allows one iteration per run "
-                             "(--iterations 1); serve the new partner and start the next iteration with it")
+                             "(--iterations 1); --partner-server managed serves each iteration's partner")
     problems = load_problems(config.data, skip_bad=config.skip_bad)
     grpo_arguments(config, out, None)  # a bad `trainer:` key fails here, before any model loads
     for spec, role in ((config.long, "long"), (config.short, "short")):
@@ -203,28 +210,32 @@ def run_rl(config: RLRunConfig, *, reward_funcs: list | None = None,
             continue
         ckpt_dir = out / "checkpoints" / f"iter{k}_{role}"
         ckpt = last_checkpoint(ckpt_dir) if config.resume else None
-        partner = make_partner(current[OTHER[role]], config)
-        started = time.time()
-        try:
-            trainer = make_trainer(config, role, current[role], partner, ckpt_dir, problems,
-                                   reward_funcs=reward_funcs, reward_weights=reward_weights)
-            result = trainer.train(resume_from_checkpoint=ckpt)
-            save_final(trainer, it_dir, lora=config.lora)
-            if is_main_process():
-                metrics = {**result.metrics, "global_step": result.global_step,
-                           "wall_s": round(time.time() - started, 2), "resumed_from": ckpt,
-                           "policy_init": current[role], "partner": current[OTHER[role]],
-                           "problem_filter": trainer.rollout_func.filter_stats}
-                write_json_atomic(it_dir / "metrics.json", {"metrics": metrics,
-                                                            "log_history": trainer.state.log_history})
-                write_done_marker(it_dir, {"stage": "rl", "iteration": k, "role": role, "metrics": metrics,
-                                           "config": config.model_dump(), "manifest": environment_manifest(config.seed)})
-            history.append({"iteration": k, "role": role, "dir": str(it_dir), "wall_s": metrics["wall_s"]
-                            if is_main_process() else None})
-        finally:
-            partner.close()
-            trainer = None
-            gc.collect()
+        # partner_server: managed: this iteration's partner on its own server, stopped when the iteration ends
+        with managed_partner(config, current[OTHER[role]], iteration=k, role=OTHER[role], log_dir=it_dir) as served:
+            partner = make_partner(current[OTHER[role]], config, served)
+            started = time.time()
+            try:
+                trainer = make_trainer(config, role, current[role], partner, ckpt_dir, problems,
+                                       reward_funcs=reward_funcs, reward_weights=reward_weights)
+                result = trainer.train(resume_from_checkpoint=ckpt)
+                save_final(trainer, it_dir, lora=config.lora)
+                if is_main_process():
+                    metrics = {**result.metrics, "global_step": result.global_step,
+                               "wall_s": round(time.time() - started, 2), "resumed_from": ckpt,
+                               "policy_init": current[role], "partner": current[OTHER[role]],
+                               "partner_server": served.describe() if served else None,
+                               "problem_filter": trainer.rollout_func.filter_stats}
+                    write_json_atomic(it_dir / "metrics.json", {"metrics": metrics,
+                                                                "log_history": trainer.state.log_history})
+                    write_done_marker(it_dir, {"stage": "rl", "iteration": k, "role": role, "metrics": metrics,
+                                               "config": config.model_dump(),
+                                               "manifest": environment_manifest(config.seed)})
+                history.append({"iteration": k, "role": role, "dir": str(it_dir), "wall_s": metrics["wall_s"]
+                                if is_main_process() else None})
+            finally:
+                partner.close()
+                trainer = None
+                gc.collect()
         current[role] = str(it_dir)
     if is_main_process():
         write_done_marker(out, {"stage": "rl", "final": current, "iterations": history,

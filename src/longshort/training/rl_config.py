@@ -72,6 +72,20 @@ class RLRunConfig(BaseModel):
                                          "server (e.g. vllm serve) instead of in-process")
     partner_engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra engine arguments "
                                                   "for the partner (e.g. batch_size, timeout)")
+    partner_server: Literal["none", "managed"] = Field(
+        "none", description="managed: at the start of each iteration longshort starts a server for that "
+        "iteration's frozen partner (`longshort serve`, or partner_server_command), plays the partner through "
+        "it and stops it when the iteration ends, so every iteration gets the newly trained partner; none: "
+        "in-process partner, or the fixed server of partner_base_url")
+    partner_server_command: str | list[str] | None = Field(
+        None, description="with partner_server: managed, the command that serves the partner, run per "
+        "iteration without a shell, e.g. 'vllm serve {model} --port {port}' (a string split like a shell "
+        "does, or a list of arguments); placeholders {model} (the "
+        "partner's spec or directory), {port} (a free port chosen by longshort), {host}, {role}, {iteration}, "
+        "{python}, {local_rank}; None = longshort serve on the partner")
+    partner_server_timeout: float = Field(600.0, gt=0, description="seconds a managed partner server may take to "
+                                          "answer GET /v1/models; 600 covers a large model's load and vLLM's "
+                                          "compilation")
     lora: bool = Field(False, description="train LoRA adapters (merged into the saved model) instead of all weights")
     lora_r: int = Field(16, ge=1, description="LoRA rank")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha (2 * r)")
