@@ -15,7 +15,63 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from longshort.dialogue.protocol import OPEN_TAGS
+
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
+
+#: Opening tags a chat template may write at the end of its generation prompt (DeepSeek-R1 and its
+#: distills since 2025-02: ``<｜Assistant｜><think>\n``; QwQ-32B: ``<|im_start|>assistant\n<think>\n``).
+TEMPLATE_OPEN_TAGS: tuple[str, ...] = tuple(OPEN_TAGS.values())
+
+
+def chat_prompt(tokenizer: Any, messages: list[Message]) -> str:
+    """The chat template's rendering of `messages` with the generation prompt, less an opening tag
+    (``<think>``, ``<answer>``) and the whitespace after it that the template puts at the very end
+    of the generation prompt.
+
+    Every longshort reply carries its own opening tag: the model writes it, or the assistant
+    prefix holds it (``force_open_tag``, the transcript, scoring's ``<think>\\n``). Kept, the
+    template's tag would be doubled (``<think>\\n<think>``) or, with an empty prefix, the turn's
+    tag would live in the prompt while its text and its SFT example start with it. Cut, the model
+    sees exactly one opening tag, the one of the text we record and train on. A tag inside a
+    message (not written by the generation prompt) is left alone.
+    """
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    cut = _trailing_open_tag(text)
+    if cut is None:
+        return text
+    base = tokenizer.apply_chat_template(messages, add_generation_prompt=False, tokenize=False)
+    if text.startswith(base) and cut < len(base):
+        return text  # the tag ends the last message, not the generation prompt
+    return text[:cut]
+
+
+def _trailing_open_tag(text: str) -> int | None:
+    """Where a trailing opening tag (then only whitespace) starts in `text`, or None."""
+    stripped = text.rstrip()
+    for tag in TEMPLATE_OPEN_TAGS:
+        if stripped.endswith(tag):
+            return len(stripped) - len(tag)
+    return None
+
+
+def render_chat(tokenizer: Any, messages: list[Message], assistant_prefix: str = "") -> str:
+    """The exact text a model is given for chat `messages` continued by `assistant_prefix`:
+    `chat_prompt` (the generation prompt without a template-written opening tag) + the prefix.
+
+    The one rendering of every engine (`Engine.render`: transformers, vLLM) and of the SFT
+    examples and their exports, so training text and inference text are the same string. The
+    transcript stays in the prefix, never in earlier assistant messages, so templates that strip
+    earlier reasoning from assistant messages (R1-distill's ``content.split('</think>')[-1]``,
+    Qwen3's, QwQ's) never see it.
+
+    >>> class Tok:
+    ...     def apply_chat_template(self, messages, add_generation_prompt, tokenize):
+    ...         return "<U>" + messages[-1]["content"] + ("<A><think>\\n" if add_generation_prompt else "")
+    >>> render_chat(Tok(), [{"role": "user", "content": "1+1?"}], "<think>")
+    '<U>1+1?<A><think>'
+    """
+    return chat_prompt(tokenizer, messages) + assistant_prefix
 
 
 @dataclass

@@ -207,14 +207,15 @@ class HFEngine(Engine):
         return mode == "on" or (mode == "auto" and self.device.type == "cuda")
 
     def render(self, request: GenerationRequest) -> str:
-        """The exact text the model is given: chat template + generation prompt + assistant prefix,
-        or the raw prompt (+ prefix), or the token ids decoded."""
+        """The exact text the model is given: `base.render_chat` (chat template + generation prompt
+        + assistant prefix), or the raw prompt (+ prefix), or the token ids decoded."""
+        from longshort.engines.base import render_chat
+
         if request.prompt_token_ids is not None:
             return self.tokenizer.decode(request.prompt_token_ids, skip_special_tokens=False)
         if request.prompt is not None:
             return request.prompt + request.assistant_prefix
-        text = self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
-        return text + request.assistant_prefix
+        return render_chat(self.tokenizer, request.messages, request.assistant_prefix)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -38,8 +38,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from longshort.engines.base import render_chat
 from longshort.errors import InputError, LongshortError
-from longshort.training.common import render_prompt
 from longshort.training.sft import check_sft_record, tokenize_example
 
 FORMATS = ("trl", "llamafactory")
@@ -158,7 +158,7 @@ def export_role(records: Iterable[dict[str, Any]], tok: Any, *, max_length: int,
             continue
         stats["exported"] += 1
         stats["longest_tokens"] = max(stats["longest_tokens"], len(ours["input_ids"]))
-        prompt = render_prompt(tok, rec["prompt"], rec.get("assistant_prefix", ""))
+        prompt = render_chat(tok, rec["prompt"], rec.get("assistant_prefix", ""))
         completion = rec["completion"] + tok.eos_token
         expected = (ours["input_ids"], ours["completion_mask"])
         if "trl" in formats:

@@ -4,8 +4,10 @@ Input: the SFT file written by `longshort.thoughts.coldstart` (docs/architecture
 turn of the role: ``{id, role, problem, answer, prompt: [messages], assistant_prefix, completion}``.
 Each record becomes one prompt-completion example:
 
-- prompt = ``tokenizer.apply_chat_template(prompt, add_generation_prompt=True)`` +
-  ``assistant_prefix`` (the transcript so far, which the role continues),
+- prompt = ``render_chat(tokenizer, prompt, assistant_prefix)`` (`longshort.engines.base`, the
+  engines' own rendering): the chat template with the generation prompt, then
+  ``assistant_prefix`` (the transcript so far, which the role continues); a ``<think>`` that the
+  template opens itself is cut there, at inference as here,
 - completion = the turn itself (tags included) + EOS,
 
 tokenised separately and concatenated, exactly as the model sees them at inference (prompt
@@ -27,6 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from longshort.engines.base import render_chat
 from longshort.errors import InputError, LongshortError
 from longshort.io import ReadStats, read_jsonl, write_json_atomic
 from longshort.rundir import environment_manifest
@@ -39,7 +42,6 @@ from longshort.training.common import (
     last_checkpoint,
     load_for_training,
     release_memory,
-    render_prompt,
     shared_arguments,
     trainer_arguments,
     write_done_marker,
@@ -142,7 +144,7 @@ def load_sft_records(path: str, role: str, *, skip_bad: bool = False) -> list[di
 def tokenize_example(tokenizer: Any, rec: dict[str, Any], *, add_eos: bool = True) -> dict[str, list[int]]:
     """``input_ids`` = prompt tokens + turn tokens (+ EOS) and ``completion_mask`` = 1 exactly on
     the turn's tokens (and EOS). Prompt and turn are tokenised apart, as at inference."""
-    prompt = render_prompt(tokenizer, rec["prompt"], rec.get("assistant_prefix", ""))
+    prompt = render_chat(tokenizer, rec["prompt"], rec.get("assistant_prefix", ""))
     p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     c_ids = tokenizer(rec["completion"], add_special_tokens=False)["input_ids"]
     if add_eos and tokenizer.eos_token_id is not None:
