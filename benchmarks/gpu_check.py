@@ -243,13 +243,13 @@ def step_timer():
 def sft_records(tok: Any, n: int, max_length: int) -> list[dict[str, Any]]:
     """`n` cold-start SFT examples of the long role, each filled to about `max_length` tokens."""
     from longshort.dialogue.protocol import render_input
-    from longshort.training.common import render_prompt
+    from longshort.engines.base import render_chat
 
     out = []
     for i in range(n):
         q = f"What is {i + 12} times {i + 7}, plus {3 * i + 1}?"
         messages, prefix = render_input("long", q, [])
-        budget = max_length - len(tok(render_prompt(tok, messages, prefix), add_special_tokens=False)["input_ids"])
+        budget = max_length - len(tok(render_chat(tok, messages, prefix), add_special_tokens=False)["input_ids"])
         budget -= 8  # the closing tag and EOS, tokenised apart
         lines: list[str] = []
         k = 0

@@ -13,12 +13,12 @@ import torch
 
 from longshort.cli import main
 from longshort.dialogue.protocol import render_input
+from longshort.engines.base import render_chat
 from longshort.io import write_jsonl_atomic
 from longshort.models import load_tokenizer
 from longshort.thoughts.chunking import ChunkConfig, chunk_records
 from longshort.thoughts.coldstart import synthesize
 from longshort.thoughts.synthetic import generate
-from longshort.training.common import render_prompt
 from longshort.training.export import export_role, llamafactory_tokens, trl_tokens
 from longshort.training.sft import SFTRunConfig, make_trainer, tokenize_example
 
@@ -73,7 +73,7 @@ def test_our_records_do_not_fit_trl_conversational_form():
         assert passed == raw  # taken for a standard example: nothing rendered
     conv = maybe_apply_chat_template({"prompt": messages + [{"role": "assistant", "content": prefix}],
                                       "completion": [{"role": "assistant", "content": turn}]}, tok)
-    assert conv["prompt"] + conv["completion"] != render_prompt(tok, messages, prefix) + turn + tok.eos_token
+    assert conv["prompt"] + conv["completion"] != render_chat(tok, messages, prefix) + turn + tok.eos_token
     assert not conv["completion"].startswith(turn)
 
 
@@ -133,7 +133,7 @@ def test_trl_prompt_leaves_the_bos_to_a_tokenizer_that_adds_one():
     messages, prefix = render_input("short", "1+1?", ["<think>\nit is 2\n</think>"])
     rec = {"id": "a", "role": "short", "prompt": messages, "assistant_prefix": prefix,
            "completion": "<answer>\n\\boxed{2}\n</answer>"}
-    rendered = render_prompt(tok, messages, prefix)
+    rendered = render_chat(tok, messages, prefix)
     assert rendered.startswith(tok.bos_token)
     trl_rows, lf_rows, st = export_role([rec], tok, max_length=4096)
     assert trl_rows[0]["prompt"] == rendered[len(tok.bos_token):] and lf_rows[0]["instruction"] == rendered
@@ -174,7 +174,7 @@ def test_llamafactory_export_structure(tmp_path):
         assert set(entry["columns"].values()) <= set(ds.column_names)
         for row, rec in zip(rows, source, strict=True):
             assert set(row) == {"id", "instruction", "output"} and row["id"] == rec["id"]
-            assert row["instruction"] == render_prompt(tok, rec["prompt"], rec["assistant_prefix"])
+            assert row["instruction"] == render_chat(tok, rec["prompt"], rec["assistant_prefix"])
             assert row["output"] == rec["completion"] + tok.eos_token
             ours = tokenize_example(tok, rec)
             assert llamafactory_tokens(tok, row["instruction"], row["output"]) == \

@@ -378,9 +378,8 @@ def test_a_box_in_the_long_turn_earns_no_correctness(models, tmp_path):
     (what correctness grades) is the committed answer, so that dialogue earns nothing, while a
     short turn that boxes the answer and closes with </answer> earns it."""
     from longshort.dialogue.protocol import final_answer, render_input
-    from longshort.engines.base import GenerationRequest
+    from longshort.engines.base import GenerationRequest, render_chat
     from longshort.training import rewards as R
-    from longshort.training.common import render_prompt
 
     question, long_text = "What is 2+2?", " so \\boxed{4}</think>"
     messages, prefix = render_input("long", question, [], open_tag=True)
@@ -403,7 +402,7 @@ def test_a_box_in_the_long_turn_earns_no_correctness(models, tmp_path):
     long_turn = out["turns"][0][0]  # the partner decodes greedily: the same long turn every time
     s_messages, s_prefix = render_input("short", question, [long_turn], open_tag=True)
     tok = load_model("tiny-random", device="cpu")[1]
-    short_dir = _parrot_model("tiny-random", tmp_path / "short", render_prompt(tok, s_messages, s_prefix),
+    short_dir = _parrot_model("tiny-random", tmp_path / "short", render_chat(tok, s_messages, s_prefix),
                               " \\boxed{4}</answer>")
     solver = DialogueRollout("short", partner, dialogue, temperature=0.01)
     policy, policy_tok = load_model(short_dir, device="cpu")

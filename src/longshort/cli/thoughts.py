@@ -150,8 +150,14 @@ class _TokenizerOnly:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def render(self, request) -> str:
-        return self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True,
-                                                  tokenize=False) + request.assistant_prefix
+        """The transformers engine's text for `request` (`HFEngine.render`): `render_chat`."""
+        from longshort.engines.base import render_chat
+
+        if request.prompt_token_ids is not None:
+            return self.tokenizer.decode(request.prompt_token_ids, skip_special_tokens=False)
+        if request.prompt is not None:
+            return request.prompt + request.assistant_prefix
+        return render_chat(self.tokenizer, request.messages, request.assistant_prefix)
 
 
 def _read_scoring_input(path: Path, skip_bad: bool, stats: ReadStats) -> list[dict[str, Any]]:

@@ -1,9 +1,19 @@
 """Engine for any OpenAI-compatible HTTP server (`vllm serve`, SGLang, `longshort serve`, ...).
 
-Chat requests go to `/chat/completions`, raw prompts to `/completions`. A request with an
-`assistant_prefix` is sent as a final assistant message with `continue_final_message: true,
-add_generation_prompt: false` (vLLM's convention, which our own server follows), so the model
-continues the partial reply instead of starting a new one.
+Chat requests: with a local tokenizer for the served model (`tokenizer=<model spec>`), the
+engine renders them itself with `engines.base.render_chat`, the rendering of the transformers
+and vLLM engines and of the SFT examples (the template's own trailing ``<think>`` cut, the
+assistant prefix appended as text), and sends that text to `/completions` with
+`add_special_tokens: false` (the text holds the template's BOS; vLLM would add a second one).
+Without a tokenizer (or with `local_render=False`) they go to `/chat/completions`, rendered by
+the server's template, and a request with an `assistant_prefix` is sent as a final assistant
+message with `continue_final_message: true, add_generation_prompt: false` (vLLM's convention,
+which our own server follows). That route has the limits of the server's template: transformers
+(and so `vllm serve`) refuse a final assistant message that the template rewrites (DeepSeek-R1
+distills and Qwen3 strip reasoning from assistant messages: "final message does not appear in
+the chat"), and a template that opens ``<think>`` itself (R1 distills, QwQ) writes it into a
+request without a prefix, where the turn's text does not hold it. Raw prompts and token ids go
+to `/completions` as they are.
 
 Robustness: per-request timeouts; retries with exponential backoff (and jitter) on connection
 errors, timeouts, 429 and 5xx; a `LongshortError` naming the URL when the server cannot be
@@ -30,7 +40,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from longshort.engines.base import Completion, Engine, GenerationRequest, GenerationResult
+from longshort.engines.base import Completion, Engine, GenerationRequest, GenerationResult, render_chat
 from longshort.errors import LongshortError
 
 log = logging.getLogger(__name__)
@@ -59,9 +69,15 @@ class OpenAIEngineConfig(BaseModel):
     max_context: int | None = Field(None, ge=1, description="The served model's context length in tokens "
                                                             "(`vllm serve --max-model-len`); None = unknown, "
                                                             "context checks are skipped.")
-    tokenizer: str | None = Field(None, description="Model spec whose tokenizer counts tokens locally "
-                                                    "(count_tokens/render); None = ask the server's "
-                                                    "/tokenize (vLLM), else count_tokens is unavailable.")
+    tokenizer: str | None = Field(None, description="Spec of the served model (or of one with its tokenizer and "
+                                                    "chat template), loaded locally by load_tokenizer: chat "
+                                                    "requests are rendered here (render_chat) and sent to "
+                                                    "/completions, and tokens are counted here; None = chat "
+                                                    "requests go to /chat/completions and count_tokens asks "
+                                                    "the server's /tokenize (vLLM).")
+    local_render: bool = Field(True, description="With `tokenizer`: render chat requests locally and send them "
+                                                 "to /completions; False keeps them on /chat/completions (the "
+                                                 "server's template; for servers without /completions).")
 
 
 def normalize_base_url(url: str) -> str:
@@ -148,7 +164,8 @@ class OpenAIEngine(Engine):
         if p.json_schema is not None:
             body["response_format"] = {"type": "json_schema",
                                        "json_schema": {"name": "answer", "schema": p.json_schema, "strict": True}}
-        if req.messages is not None:
+        tok = self._chat_tokenizer() if req.messages is not None else None
+        if req.messages is not None and tok is None:
             messages = [dict(m) for m in req.messages]
             if req.assistant_prefix:
                 messages.append({"role": "assistant", "content": req.assistant_prefix})
@@ -158,9 +175,13 @@ class OpenAIEngine(Engine):
             if want_lp:
                 body["logprobs"] = True
             return "/chat/completions", body
-        # token ids go as the OpenAI completions API's token-array prompt (vLLM accepts it)
-        body["prompt"] = list(req.prompt_token_ids) if req.prompt_token_ids is not None else \
-            req.prompt + req.assistant_prefix
+        if tok is not None:  # rendered here, as the other engines render it; the text holds any BOS
+            body["prompt"] = render_chat(tok, req.messages, req.assistant_prefix)
+            body["add_special_tokens"] = False
+        elif req.prompt_token_ids is not None:  # the OpenAI completions API's token-array prompt (vLLM)
+            body["prompt"] = list(req.prompt_token_ids)
+        else:
+            body["prompt"] = req.prompt + req.assistant_prefix
         if want_lp:
             body["logprobs"] = 1
         return "/completions", body
@@ -240,6 +261,10 @@ class OpenAIEngine(Engine):
                 self._tokenizer = load_tokenizer(self.config.tokenizer)
         return self._tokenizer
 
+    def _chat_tokenizer(self) -> Any:
+        """The local tokenizer that renders chat requests, or None (they go to /chat/completions)."""
+        return self._local_tokenizer() if self.config.local_render else None
+
     @property
     def max_context(self) -> int | None:
         return self.config.max_context
@@ -260,7 +285,9 @@ class OpenAIEngine(Engine):
                              f"/tokenize endpoint; pass tokenizer=<model spec> to the openai engine")
 
     def render(self, request: GenerationRequest) -> str:
-        """The text the server's chat template makes of `request` (needs `tokenizer=`)."""
+        """The text the model is given for `request` (needs `tokenizer=`): for a chat request the
+        `render_chat` text this engine sends, or with ``local_render=False`` what the server's
+        template makes of it (generation prompt + prefix, the template's own opening tag kept)."""
         tok = self._local_tokenizer()
         if tok is None:
             raise LongshortError("render() with the openai engine needs tokenizer=<model spec>")
@@ -268,6 +295,8 @@ class OpenAIEngine(Engine):
             return tok.decode(request.prompt_token_ids, skip_special_tokens=False)
         if request.prompt is not None:
             return request.prompt + request.assistant_prefix
+        if self.config.local_render:
+            return render_chat(tok, request.messages, request.assistant_prefix)
         return tok.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False) + \
             request.assistant_prefix
 

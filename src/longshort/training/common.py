@@ -49,12 +49,6 @@ def load_for_training(spec: str, *, what: str = "model") -> tuple[Any, Any]:
     return model, tok
 
 
-def render_prompt(tokenizer: Any, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
-    """The exact text a role sees before its turn: chat template with the generation prompt,
-    then the transcript it continues (docs/architecture.md, chat rendering with `assistant_prefix`)."""
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + assistant_prefix
-
-
 def precision_flags(precision: Precision) -> dict[str, bool]:
     """`bf16`/`fp16` TrainingArguments for a precision choice, resolved by
     `longshort.models.resolve_precision` for the device the trainer uses (auto = bf16 on a CUDA

@@ -4,7 +4,8 @@ It plays whole dialogues (DESIGN §4, same ending rules as `longshort.dialogue.c
 Following the continuation design of docs/architecture.md, every role continues one transcript as
 its assistant message, so a dialogue seen from the trained role is one token sequence in the trained role's tokenizer:
 
-- ``prompt_ids``: the trained role's first input (chat template + transcript so far),
+- ``prompt_ids``: the trained role's first input, `engines.base.render_chat` (chat template +
+  transcript so far, the text its SFT example and every engine give it),
 - ``completion_ids``: its turns as it generated them (policy tokens, ``env_mask = 1``) with,
   between them, the partner's turns, newlines and forced opening tags tokenised by the trained
   role's tokenizer (environment tokens, ``env_mask = 0``), then EOS (environment) when the
@@ -43,10 +44,9 @@ from longshort.dialogue.protocol import (
     render_input,
     render_transcript,
 )
-from longshort.engines.base import Engine, GenerationRequest, SamplingParams
+from longshort.engines.base import Engine, GenerationRequest, SamplingParams, render_chat
 from longshort.errors import LongshortError
 from longshort.training import rewards as R
-from longshort.training.common import render_prompt
 from longshort.training.policy_decode import policy_generate
 from longshort.training.rl_config import OTHER
 from longshort.training.rl_scoring import RolloutScorer
@@ -136,7 +136,7 @@ class DialogueRollout:
         for d in waiting:
             messages, want = render_input(role, d.question, d.turns, open_tag=self.config.force_open_tag)
             if d.prompt_ids is None:
-                d.prompt_ids = tokenizer(render_prompt(tokenizer, messages, want),
+                d.prompt_ids = tokenizer(render_chat(tokenizer, messages, want),
                                          add_special_tokens=False)["input_ids"]
                 d.actual = d.logical = want
             else:
@@ -199,7 +199,7 @@ class DialogueRollout:
             truncated = d.end_reason == "token_limit"
             if d.prompt_ids is None:  # the dialogue ended before the trained role spoke
                 messages, prefix = render_input(self.role, d.question, d.turns)
-                d.prompt_ids = tokenizer(render_prompt(tokenizer, messages, prefix),
+                d.prompt_ids = tokenizer(render_chat(tokenizer, messages, prefix),
                                          add_special_tokens=False)["input_ids"]
             elif not (truncated and last.role == self.role):
                 # the partner's last turn (or the repaired tags of the policy's last turn) as environment
