@@ -16,7 +16,7 @@ row of one batch its own stop strings, seed, temperature and token limit. What i
 - per-request stop strings (text cut at the earliest stop, the stop reported), EOS, per-row
   `max_new_tokens`, finish reasons, generated-token counts, optional per-token logprobs;
 - finished rows leave the batch (the KV cache is compacted) so short answers do not pay for
-  long ones; the cache grows in place (`engines.kvcache`), not by a copy of itself per step;
+  long ones;
 - optional fast path for GPUs (on by default with CUDA): a static KV cache and a
   `torch.compile`d decoding step, as transformers' own `cache_implementation="static"` does.
 """
@@ -33,7 +33,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from longshort.engines.base import Completion, Engine, GenerationRequest, GenerationResult
-from longshort.engines.kvcache import growing_cache
 from longshort.engines.prefill import prefill
 from longshort.engines.probe import cache_kwarg
 from longshort.engines.sampling import row_seed, row_uniform, sample_tokens  # noqa: F401 (re-exported)
@@ -328,12 +327,13 @@ class HFEngine(Engine):
     def _decode(self, units: list[_Unit], requests: Sequence[GenerationRequest], seeds: list[int],
                 out: list[list[Completion | None]]) -> None:
         import torch
+        from transformers import DynamicCache
 
         dev = self.device
         # Row r of the decode batch is sample rows[r] = (unit index, request index, sample index).
         rows = [(ui, u.req, j) for ui, u in enumerate(units) for j in u.samples]
         R = len(rows)
-        cache = growing_cache(self.model.config)
+        cache = DynamicCache(config=self.model.config)
         logits, mask, last_pos = prefill(self._forward, cache, [u.ids for u in units], [ui for ui, _, _ in rows],
                                          pad=self.tokenizer.pad_token_id, device=dev,
                                          reuse=self.config.reuse_prefix)
