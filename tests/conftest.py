@@ -31,3 +31,15 @@ def shared_dir() -> Path:
     if not SHARED.exists():
         pytest.skip("../shared not present")
     return SHARED
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one torch thread is far faster than two fighting over a shared CPU
+    (`pytestmark = pytest.mark.usefixtures("one_thread")` in a module)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

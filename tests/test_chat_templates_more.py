@@ -33,13 +33,7 @@ R1 = "deepseek-r1-distill-qwen"
 LONG_TURN = "<think>\nSix sevens: 6*7 = 42.\n</think>"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one torch thread is far faster than two fighting over a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

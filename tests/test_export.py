@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from longshort.cli import main
 from longshort.dialogue.protocol import render_input
@@ -22,13 +21,7 @@ from longshort.thoughts.synthetic import generate
 from longshort.training.export import export_role, llamafactory_tokens, trl_tokens
 from longshort.training.sft import SFTRunConfig, make_trainer, tokenize_example
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _coldstart(tmp_path: Path, n: int = 3) -> Path:

@@ -34,13 +34,7 @@ PROBLEMS = [{"id": "p1", "problem": "What is 2+2?", "answer": "4"},
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one torch thread is far faster than two fighting over a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _ending_model(spec: str, out: Path, p_eos: float) -> str:
     """Save a copy of `spec` that emits EOS with probability ~`p_eos` at every step."""

@@ -15,14 +15,7 @@ from longshort.errors import InputError, LongshortError
 from longshort.models import load_model, resolve_model_path
 from longshort.training.sft import SFTRunConfig, load_sft_records, make_trainer, run_sft
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one torch thread is far faster than two fighting over a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _records(role="long", n=4):
     recs = []
