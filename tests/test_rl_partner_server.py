@@ -266,6 +266,25 @@ def test_run_rl_serves_each_iterations_partner_on_its_own_server(tmp_path, monke
         assert served["command"][served["command"].index("--long") + 1] == partner
         assert served["log"] == str(out / d / "partner_server.log") and not _alive(served["pid"])
         text = Path(served["log"]).read_text()
-        assert f"--long {partner} --short {partner}" in text and "POST /v1/chat/completions" in text
+        assert f"--long {partner} --short {partner}" in text and "POST /v1/completions" in text  # rendered locally (render_chat)
     final = json.loads((out / "longshort_run.json").read_text())["final"]
     assert final == {"long": str(out / "iter0_long"), "short": str(out / "iter1_short")}
+
+
+def test_the_managed_partner_renders_with_its_own_tokenizer(tmp_path, monkeypatch):
+    """The managed server serves a local model, so the openai engine renders prompts with that
+    model's tokenizer (render_chat, sent to /v1/completions); partner_engine_kwargs still win."""
+    from types import SimpleNamespace
+
+    from longshort.training import rl
+
+    seen = []
+    monkeypatch.setattr("longshort.engines.make_engine", lambda *a, **k: seen.append((a, k)) or "engine")
+    served = SimpleNamespace(model_name="tiny-random-bytes", base_url="http://127.0.0.1:1/v1")
+    base = dict(long="tiny-random", short="tiny-random-bytes", data="p.jsonl", out=str(tmp_path / "o"),
+                partner_server="managed")
+    rl.make_partner("tiny-random-bytes", RLRunConfig(**base), served)
+    rl.make_partner("tiny-random-bytes", RLRunConfig(**base, partner_engine_kwargs={"tokenizer": "tiny-random"}),
+                    served)
+    assert [k["tokenizer"] for _, k in seen] == ["tiny-random-bytes", "tiny-random"]
+    assert seen[0][0] == ("tiny-random-bytes", "openai") and seen[0][1]["base_url"] == served.base_url

@@ -65,9 +65,9 @@ def make_partner(spec: str, config: RLRunConfig, served: PartnerServer | None = 
     ``partner_base_url``, or the iteration's managed server `served` (``partner_server: managed``)."""
     from longshort.engines import make_engine
 
-    if served is not None:
-        return make_engine(served.model_name or spec, "openai", base_url=served.base_url,
-                           **config.partner_engine_kwargs)
+    if served is not None:  # it serves `spec`, a local model: render with its own tokenizer (engines.render_chat)
+        kwargs = {"tokenizer": spec, **config.partner_engine_kwargs}
+        return make_engine(served.model_name or spec, "openai", base_url=served.base_url, **kwargs)
     if config.partner_base_url:
         return make_engine(spec, "openai", base_url=config.partner_base_url, **config.partner_engine_kwargs)
     check_model_spec(spec, what="partner model")
