@@ -25,6 +25,7 @@ from longshort.io.fields import (
     check_answer,
     check_problem_fields,
     check_text,
+    check_url,
     ensure_ids,
 )
 from longshort.io.jsonl import (
@@ -42,7 +43,8 @@ from longshort.io.yamlfile import YAML_MAX_BYTES, YAML_MAX_DEPTH, compose_yaml, 
 __all__ = [
     "MAX_TEXT_CHARS", "YAML_MAX_BYTES", "YAML_MAX_DEPTH", "OutputScan", "ReadStats", "ResumableWriter",
     "check_answer", "check_input_file", "check_new_file", "check_output_dir", "check_output_file",
-    "check_problem_fields", "check_text", "compose_yaml", "ensure_ids", "iter_jsonl", "iter_jsonl_numbered",
+    "check_problem_fields", "check_text", "check_url", "compose_yaml", "ensure_ids", "iter_jsonl",
+    "iter_jsonl_numbered",
     "iter_lines", "parse_record", "read_jsonl", "read_yaml", "save_figure_atomic", "scan_output",
     "write_json_atomic", "write_jsonl_atomic", "write_text_atomic",
 ]

@@ -100,3 +100,38 @@ def ensure_ids(records: list[dict[str, Any]], prefix: str = "", *, path: str | N
         seen[rid] = line
         rec["id"] = rid
     return records
+
+
+def check_url(value: Any, *, field: str, path: str | None = None, line: int | None = None) -> str:
+    """An OpenAI-compatible server's URL: ``http(s)://HOST[:PORT][/PATH]`` without spaces, or
+    `InputError` naming the field. A mistyped URL would otherwise surface only when the first
+    request fails, after models have loaded.
+
+    >>> check_url("http://127.0.0.1:8000/v1", field="--base-url")
+    'http://127.0.0.1:8000/v1'
+    >>> check_url("localhost:8000", field="--base-url")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    longshort.errors.InputError: field '--base-url': 'localhost:8000' is not a server URL (...)
+    """
+    from urllib.parse import urlsplit
+
+    problem = None
+    if not isinstance(value, str) or not value.strip():
+        problem = "empty" if isinstance(value, str) or value is None else f"expected a string, got {_json_type(value)}"
+    elif any(c.isspace() for c in value):
+        problem = f"{value!r} holds spaces"
+    else:
+        try:
+            parts = urlsplit(value)
+            port = parts.port  # ValueError outside 0-65535
+        except ValueError as exc:
+            problem = f"{value!r}: {exc}"
+        else:
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                problem = f"{value!r} is not a server URL (expected http://HOST[:PORT]/v1 or https://...)"
+            elif port == 0:
+                problem = f"{value!r}: port 0"
+    if problem:
+        raise InputError(problem, path=path, line=line, field=field)
+    return value

@@ -90,6 +90,14 @@ def _nonfinite_path(value: Any, loc: str = "") -> str | None:
     return None
 
 
+def _value_error(exc: ValueError) -> str:
+    """What a ValueError from `json.loads` (not a JSONDecodeError) means, in one phrase."""
+    msg = str(exc)
+    if "integer string conversion" in msg:
+        return "a number with more digits than Python converts (4,300)"
+    return msg.split(";")[0]
+
+
 def parse_record(text: str, *, path: str | None = None, line: int | None = None,
                  required: Iterable[str] = ()) -> dict[str, Any]:
     """One JSONL line → a dict, or `InputError` (malformed JSON, not an object, NaN/Infinity,
@@ -115,6 +123,8 @@ def parse_record(text: str, *, path: str | None = None, line: int | None = None,
         raise InputError(f"malformed JSON ({exc.msg}, column {exc.colno})", path=path, line=line) from None
     except RecursionError:
         raise InputError("malformed JSON (nested too deeply)", path=path, line=line) from None
+    except ValueError as exc:  # an integer of more than 4,300 digits (Python's int_max_str_digits)
+        raise InputError(f"malformed JSON ({_value_error(exc)})", path=path, line=line) from None
     if not isinstance(rec, dict):
         raise InputError(f"expected a JSON object, got {type(rec).__name__}", path=path, line=line)
     if duplicated:  # JSON would silently keep the last value

@@ -76,7 +76,7 @@ def scan_output(path: str | os.PathLike, *, expect: Iterable[str] = (), skip_bad
             return False
         try:
             rec = json.loads(text)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # JSONDecodeError, or an integer of 4,300+ digits
             bad("not a JSON record (torn or malformed line)", lineno)
             return False
         if not isinstance(rec, dict):
@@ -101,7 +101,7 @@ def scan_output(path: str | os.PathLike, *, expect: Iterable[str] = (), skip_bad
         stripped = last.lstrip()
         try:
             complete = isinstance(json.loads(last), dict)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, a 4,300-digit integer
             complete = False
         if complete:
             take(last, lineno)  # a complete record that only lacks its newline
@@ -155,12 +155,20 @@ class ResumableWriter:
                 fh.truncate(scan.keep_bytes)
 
     def write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        try:  # before the file is touched: a record that cannot be written leaves the output as it was
+            line.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            rid = record.get("id")
+            raise InputError(f"record {rid!r} holds text that is not valid Unicode (a lone surrogate at "
+                             f"character {exc.start + 1} of its JSON); nothing of it was written",
+                             path=str(self.path)) from None
         if self._fh is None:
             self._fh = open(self.path, "w" if self._fresh else "a", encoding="utf-8")
             if self._needs_newline and not self._fresh:
                 self._fh.write("\n")
             self._fresh = self._needs_newline = False
-        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._fh.write(line)
         self._fh.flush()
         os.fsync(self._fh.fileno())
         if "id" in record:

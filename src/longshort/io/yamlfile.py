@@ -74,6 +74,14 @@ def _loader_class(max_depth: int):
                 if nested:
                     self._depth -= 1
 
+        def construct_object(self, node, deep=False):
+            try:
+                return super().construct_object(node, deep=deep)
+            except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+                msg = ("a number with more digits than Python converts (4,300)" if "integer string" in str(exc)
+                       else str(exc).split(";")[0])
+                raise InputError(f"invalid value: {msg}", line=node.start_mark.line + 1) from None
+
         def construct_mapping(self, node, deep=False):
             seen: dict[Any, int] = {}
             for key_node, _ in node.value:
