@@ -40,6 +40,7 @@ PROBLEM = {"id": "a", "problem": "What is 1 + 1?", "answer": "2"}
 TRACE = {"id": "a", "problem": "What is 1 + 1?", "answer": "2",
          "response": "<think>\nOne plus one.\n\nSo the answer is 2.\n</think>\nThe answer is \\boxed{2}."}
 SCORED = {"id": "a", "problem": "What is 1 + 1?", "answer": "2",
+          "response": "<think>\nOne plus one is 2.\n</think>\nThe answer is \\boxed{2}.",
           "thoughts": [{"start": 1, "end": 1, "type": "computation", "category": "computation",
                         "text": "One plus one is 2.", "score": 0.5, "e": 0.5}]}
 SFT = {"id": "a", "role": "long", "problem": "What is 1 + 1?",
@@ -131,6 +132,7 @@ def file_variants(good: dict[str, Any]) -> dict[str, tuple[str, Any, list[str]]]
         "dangling_symlink": ("in.jsonl", Link("nowhere.jsonl"), ["in.jsonl", "not found"]),
         "gz_truncated": ("in.jsonl.gz", _gz(g * 50)[:40], ["in.jsonl.gz", "cannot read"]),
         "gz_not_gzip": ("in.jsonl.gz", g, ["in.jsonl.gz", "cannot read"]),
+        "huge_integer": ("in.jsonl", g + '{"id": "b", "answer": ' + "1" * 5000 + "}\n", ["in.jsonl:2", "digits"]),
     }
 
 
@@ -182,12 +184,12 @@ def build_cases() -> list[Case]:
                 content = line({**good, "id": "7"}) + line({**good, "id": "x"}) + line(rec)
             cases.append(Case(f"{cmd}-{name}", a, {"in.jsonl": content}, expect))
     # a 5 MB problem is refused up front, naming file:line (before the model is loaded)
-    for cmd in ("solve", "eval", "rl", "coldstart"):
+    for cmd in ("solve", "eval", "rl", "coldstart", "chunk", "score"):
         argv, good = READERS[cmd]
         a = [x.replace("{in}", "{d}/in.jsonl") for x in argv]
         big = {**good, "id": "b", "problem": "Compute 1 + 1. " * 350_000}
         cases.append(Case(f"{cmd}-problem_5MB", a, {"in.jsonl": line(good) + line(big)}, ["in.jsonl:2", "problem", "too long"]))
-    for cmd in ("solve", "eval", "rl", "coldstart"):
+    for cmd in ("solve", "eval", "rl", "coldstart", "chunk", "score"):
         argv, good = READERS[cmd]
         a = [x.replace("{in}", "{d}/in.jsonl") for x in argv]
         bad = {**good, "id": "b", "problem": "What is \udcff?"}
@@ -234,7 +236,7 @@ def build_cases() -> list[Case]:
     ]:
         cases.append(Case(f"coldstart-{name}", a, {"in.jsonl": line(SCORED) + line({**SCORED, "id": "b", "thoughts": thoughts})},
                           ["in.jsonl:2", exp]))
-    cases += output_cases() + option_cases() + recipe_cases() + grade_cases() + misc_cases()
+    cases += output_cases() + option_cases() + recipe_cases() + grade_cases() + misc_cases() + held_out_cases()
     return cases
 
 
@@ -273,6 +275,7 @@ def output_cases() -> list[Case]:
             "is_input": ("in.jsonl", None, ["in.jsonl", "input"]),
             "symlink_to_input": ("o.jsonl", Link("in.jsonl"), ["o.jsonl", "input"]),
             "parent_is_file": ("blocker/o.jsonl", None, ["blocker", "not a directory"]),
+            "huge_integer_middle": ("o.jsonl", o1 + '{"id": ' + "7" * 5000 + "}\n" + o2, ["o.jsonl:2"]),
         }
         for name, (oname, content, expect) in variants.items():
             files: dict[str, Any] = {"in.jsonl": inp}
@@ -364,7 +367,13 @@ def option_cases() -> list[Case]:
               ("score", "--top-p", "1.5"), ("eval", "--temperature", "-1"), ("eval", "--grading-timeout", "0"),
               ("sft", "--epochs", "0"), ("sft", "--lr", "-1"), ("sft", "--lr", "nan"), ("rl", "--lr", "0"),
               ("rl", "--temperature", "-2"), ("synth", "--noise", "1.5"), ("synth", "--noise", "-0.1"),
-              ("coldstart", "--ratio", "1.5"), ("coldstart", "--ratio", "-1"), ("coldstart", "--max-long-turns", "-1")]
+              ("coldstart", "--ratio", "1.5"), ("coldstart", "--ratio", "-1"), ("coldstart", "--max-long-turns", "-1"),
+              # infinities and NaN that a `gt=0` / `ge=0` bound lets through
+              ("sft", "--lr", "inf"), ("sft", "--epochs", "inf"), ("rl", "--lr", "inf"), ("rl", "--beta", "inf"),
+              ("rl", "--partner-server-timeout", "inf"), ("score", "--temperature", "inf"), ("score", "--delta", "inf"),
+              ("coldstart", "--threshold", "nan"), ("coldstart", "--threshold", "inf"),
+              ("coldstart", "--relative", "inf"), ("eval", "--grading-timeout", "inf"),
+              ("eval", "--temperature", "inf"), ("eval", "--grading-timeout", "1e9")]
     for cmd, opt, value in floats:
         argv, inp = base[cmd]
         files = {"in.jsonl": inp} if inp else {}
@@ -446,6 +455,8 @@ def recipe_cases() -> list[Case]:
         "empty_eval": ("data:\n  eval: []\n", ["r.yaml", "eval"]),
         "python_tag": ("name: !!python/object/apply:os.system ['echo hi']\n", ["r.yaml:1"]),
         "list_key": ("? [a, b]\n: 1\n", ["r.yaml"]),
+        "huge_integer": ("name: x\nseed: " + "9" * 5000 + "\n", ["r.yaml:2", "digits"]),
+        "huge_integer_in_list": ("name: x\nseed: [" + "9" * 5000 + "]\n", ["r.yaml:2", "digits"]),
     }
     cases = []
     for name, (text, expect) in recipes.items():
@@ -527,6 +538,148 @@ def misc_cases() -> list[Case]:
         Case("rl-data_directory", ["rl", "--long", "tiny-random", "--short", "tiny-random", "--data", "{d}/dd",
                                    "--out", "{d}/m"], {"dd": DIR}, ["dd", "directory"]),
     ]
+
+
+def held_out_cases() -> list[Case]:
+    """Variants found by a second hostile pass (issue 11): the newer commands (export, rl's managed
+    partner server, per-role server URLs), JSON numbers Python cannot convert, values a `gt=0`
+    bound lets through, traces too large to chunk, outputs a command writes whole."""
+    rl = ["rl", "--long", "tiny-random", "--short", "tiny-random", "--data", "{d}/in.jsonl", "--out", "{d}/rl"]
+    managed = rl + ["--partner-server", "managed"]
+    sft = ["sft", "--role", "long", "--data", "{d}/in.jsonl", "--model", "tiny-random", "--out", "{d}/m"]
+    exp = ["export", "--model", "tiny-random", "--input", "{d}/in.jsonl", "--out", "{d}/x"]
+    chunk = ["chunk", "--input", "{d}/in.jsonl", "--out", "{d}/c.jsonl"]
+    score = ["score", "--input", "{d}/in.jsonl", "--out", "{d}/s.jsonl", "--model", "tiny-random"]
+    cold = ["coldstart", "--input", "{d}/in.jsonl", "--out", "{d}/cs", "--tokenizer", "none"]
+    p, t = {"in.jsonl": line(PROBLEM)}, {"in.jsonl": line(TRACE)}
+    sc, sf = {"in.jsonl": line(SCORED)}, {"in.jsonl": line(SFT)}
+    many_steps = "<think>" + "Step one.\n\n" * 12_000 + "</think>"
+    metrics = {"benchmark": "x", "mode": "collab", "accuracy": 0.5, "problems": 2, "samples_per_problem": 1,
+               "pass_at_1": {"mean": 0.5, "low": 0.1, "high": 0.9, "n": 2, "method": "normal"},
+               "tokens": {"total": 10, "long": 5, "short": 5}, "turns": 2, "finish_by_length_rate": 0,
+               "format_violation_rate": 0}
+    cases = [
+        # export: everything checkable is checked before the tokenizer loads
+        Case("export-name_with_slash", exp + ["--name", "../evil"], sf, ["--name", "../evil"]),
+        Case("export-name_with_space", exp + ["--name", "my data"], sf, ["--name"]),
+        Case("export-model_unknown", [x if x != "tiny-random" else "no-such-model" for x in exp], sf,
+             ["--model", "no-such-model"]),
+        Case("export-long_model_empty", exp + ["--long-model", " "], sf, ["--long-model", "empty model spec"]),
+        Case("export-out_subdir_is_file", exp, {**sf, "x/trl": "a file\n"}, ["trl", "not a directory"]),
+        Case("export-dataset_info_list", exp, {**sf, "x/llamafactory/dataset_info.json": "[]\n"},
+             ["dataset_info.json", "JSON object"]),
+        Case("export-dataset_info_not_json", exp, {**sf, "x/llamafactory/dataset_info.json": "{oops\n"},
+             ["dataset_info.json", "not JSON"]),
+        Case("export-input_inside_out", [x.replace("in.jsonl", "x/trl/sft_long.jsonl") for x in exp],
+             {"x/trl/sft_long.jsonl": line(SFT)}, ["sft_long.jsonl", "input"]),
+        # rl: the managed partner server and the partner's URL
+        Case("rl-partner_command_empty", managed + ["--partner-server-command", ""], p,
+             ["partner_server_command", "empty"]),
+        Case("rl-partner_command_empty_list", managed + ["--config", "{d}/c.yaml"],
+             {**p, "c.yaml": "partner_server_command: []\n"}, ["partner_server_command", "empty"]),
+        Case("rl-partner_command_without_managed", rl + ["--partner-server-command", ""], p,
+             ["partner_server_command", "managed"]),
+        Case("rl-partner_timeout_inf_config", managed + ["--config", "{d}/c.yaml"],
+             {**p, "c.yaml": "partner_server_timeout: .inf\n"}, ["partner_server_timeout", "finite"]),
+        Case("rl-partner_base_url_empty", rl + ["--partner-base-url", ""], p, ["partner_base_url", "empty"]),
+        Case("rl-partner_base_url_no_scheme", rl + ["--partner-base-url", "localhost:8000"], p,
+             ["partner_base_url", "not a server URL"]),
+        Case("rl-partner_base_url_bad_port", rl + ["--partner-base-url", "http://127.0.0.1:99999/v1"], p,
+             ["partner_base_url", "Port"]),
+        Case("rl-long_unknown_model", ["rl", "--long", "no-such-model", "--short", "tiny-random", "--data",
+                                       "{d}/in.jsonl", "--out", "{d}/rl"], p, ["--long", "no-such-model"]),
+        # sft: the model spec and non-finite config values, before the trainer is built
+        Case("sft-model_unknown", [x if x != "tiny-random" else "no-such-model" for x in sft], sf,
+             ["--model", "no-such-model"]),
+        Case("sft-model_empty", [x if x != "tiny-random" else "" for x in sft], sf, ["--model", "empty model spec"]),
+        Case("config-sft-yaml_1e400", sft + ["--config", "{d}/c.yaml"], {**sf, "c.yaml": "lr: 1e400\n"},
+             ["lr", "finite"]),
+        Case("config-sft-yaml_huge_integer", sft + ["--config", "{d}/c.yaml"],
+             {**sf, "c.yaml": "seed: " + "9" * 5000 + "\n"}, ["c.yaml:1", "digits"]),
+        # chunk / score: traces too large to chunk, undecodable text, options that would be ignored
+        Case("chunk-response_too_long", chunk, {"in.jsonl": line({**TRACE, "response": "x " * 600_000})},
+             ["in.jsonl:1", "response", "too long"]),
+        Case("chunk-response_too_many_steps", chunk, {"in.jsonl": line({**TRACE, "response": many_steps})},
+             ["in.jsonl:1", "response", "too many steps"]),
+        Case("score-response_too_many_steps", score, {"in.jsonl": line({**TRACE, "response": many_steps})},
+             ["in.jsonl:1", "response", "too many steps"]),
+        Case("chunk-response_lone_surrogate", chunk,
+             {"in.jsonl": line({**TRACE, "response": "<think>a \udcff</think>"})},
+             ["in.jsonl:1", "response", "Unicode"]),
+        Case("chunk-answer_1e400", chunk, {"in.jsonl": line(TRACE).replace('"answer": "2"', '"answer": 1e400')},
+             ["in.jsonl:1", "answer", "finite"]),
+        Case("chunk-gold_line_number", chunk + ["--method", "gold"], {"in.jsonl": "\n\n" + line(TRACE)},
+             ["in.jsonl:3", "gold_thoughts"]),
+        Case("chunk-base_url_without_openai", chunk + ["--base-url", "http://127.0.0.1:8000/v1"], t,
+             ["--base-url", "openai"]),
+        Case("chunk-llm_model_unknown", chunk + ["--method", "llm", "--model", "no-such-model"], t,
+             ["--model", "no-such-model"]),
+        Case("score-model_unknown", [x if x != "tiny-random" else "no-such-model" for x in score], t,
+             ["--model", "no-such-model"]),
+        Case("score-base_url_not_a_url", score + ["--engine", "openai", "--base-url", "localhost:8000"], t,
+             ["--base-url", "not a server URL"]),
+        Case("score-chunked_id_list", score, {"in.jsonl": line({**CHUNKED, "id": ["a"]})}, ["in.jsonl:1", "id"]),
+        Case("score-chunked_id_bool", score, {"in.jsonl": line({**CHUNKED, "id": True})}, ["in.jsonl:1", "id"]),
+        # coldstart: the fields it reads, the files it writes whole, nothing to train on
+        Case("coldstart-response_missing", cold, {"in.jsonl": line(SCORED) + line(
+            {k: v for k, v in {**SCORED, "id": "b"}.items() if k != "response"})}, ["in.jsonl:2", "response"]),
+        Case("coldstart-response_list", cold, {"in.jsonl": line({**SCORED, "response": ["x"]})},
+             ["in.jsonl:1", "response"]),
+        Case("coldstart-choices_string", cold, {"in.jsonl": line({**SCORED, "choices": "a, b"})},
+             ["in.jsonl:1", "choices"]),
+        Case("coldstart-thought_start_missing", cold,
+             {"in.jsonl": line({**SCORED, "thoughts": [{"text": "x", "score": 1}]})},
+             ["in.jsonl:1", "thoughts.0.start"]),
+        Case("coldstart-thought_start_after_end", cold, {"in.jsonl": line(
+            {**SCORED, "thoughts": [{"text": "x", "score": 1, "start": 3, "end": 2}]})}, ["in.jsonl:1", "thoughts.0"]),
+        Case("coldstart-thought_text_surrogate", cold, {"in.jsonl": line(
+            {**SCORED, "thoughts": [{**SCORED["thoughts"][0], "text": "a \udcff"}]})},
+             ["in.jsonl:1", "thoughts.0.text"]),
+        Case("coldstart-gold_thoughts_string", cold, {"in.jsonl": line({**SCORED, "gold_thoughts": "x"})},
+             ["in.jsonl:1", "gold_thoughts"]),
+        Case("coldstart-all_incorrect", cold, {"in.jsonl": line({**SCORED, "answer": "3"})},
+             ["in.jsonl", "no SFT examples", "--keep-incorrect"]),
+        Case("coldstart-out_holds_user_file", cold, {**sc, "cs/sft_long.jsonl": "my notes\n"},
+             ["sft_long.jsonl", "will not overwrite"]),
+        Case("coldstart-out_holds_user_stats", cold, {**sc, "cs/stats.json": '{"mine": 1}\n'},
+             ["stats.json", "will not overwrite"]),
+        Case("coldstart-input_is_an_output", ["coldstart", "--input", "{d}/cs/sft_short.jsonl", "--out", "{d}/cs",
+                                              "--tokenizer", "none"], {"cs/sft_short.jsonl": line(SCORED)},
+             ["sft_short.jsonl", "input"]),
+        Case("coldstart-tokenizer_unknown", cold[:-1] + ["no-such-model"], sc, ["--tokenizer", "no-such-model"]),
+        Case("coldstart-base_url_without_openai", cold + ["--base-url", "http://127.0.0.1:8000/v1"], sc,
+             ["--base-url", "openai"]),
+        # synth: a size that would run for days
+        Case("synth-n_trillion", ["synth", "--n", "1000000000000", "--out", "{d}/s.jsonl"], {}, ["--n"]),
+        # solve / eval: server URLs
+        Case("solve-base_url_without_openai", ["solve", "x", "--base-url", "http://127.0.0.1:8000/v1"], {},
+             ["--base-url", "openai"]),
+        Case("solve-base_url_not_a_url", ["solve", "x", "--engine", "openai", "--base-url", "nope"], {},
+             ["--base-url", "not a server URL"]),
+        Case("eval-long_base_url_spaces", ["eval", "--benchmark", "{d}/in.jsonl", "--out", "{d}/run", "--engine",
+                                           "openai", "--long-base-url", "http://a b/v1", "--short-base-url",
+                                           "http://b/v1"], p, ["--long-base-url", "spaces"]),
+        Case("eval-benchmark_empty", ["eval", "--benchmark", " ", "--out", "{d}/run"], {}, ["benchmark", "empty"]),
+        # grade: text no output can hold
+        Case("grade-pred_lone_surrogate", ["grade", "\udcff", "1"], {}, ["PRED", "Unicode"]),
+        Case("grade-gold_lone_surrogate", ["grade", "1", "\udcff"], {}, ["GOLD", "Unicode"]),
+        Case("grade-gold_5MB", ["grade", "1", "1" * 5_000_000], {}, ["GOLD", "too long"]),
+        # compare: metrics.json of the wrong shape; outputs that are not its own
+        Case("compare-metrics_missing_field", ["compare", "{d}/r", "--plot", "{d}/p.png"],
+             {"r/metrics.json": json.dumps({k: v for k, v in metrics.items() if k != "problems"})},
+             ["metrics.json", "problems", "missing"]),
+        Case("compare-metrics_pass_at_1_string", ["compare", "{d}/r", "--plot", "{d}/p.png"],
+             {"r/metrics.json": json.dumps({**metrics, "pass_at_1": "50%"})}, ["metrics.json", "pass_at_1"]),
+        Case("compare-metrics_tokens_string", ["compare", "{d}/r", "--plot", "{d}/p.png"],
+             {"r/metrics.json": json.dumps({**metrics, "tokens": {"total": "ten", "long": 5, "short": 5}})},
+             ["metrics.json", "tokens.total"]),
+        Case("compare-md_is_a_user_file", ["compare", "{d}/r", "--plot", "{d}/notes.png"],
+             {"r/metrics.json": json.dumps(metrics), "notes.md": "# my notes\n"}, ["notes.md", "will not overwrite"]),
+        Case("compare-png_is_not_a_png", ["compare", "{d}/r", "--plot", "{d}/notes.png"],
+             {"r/metrics.json": json.dumps(metrics), "notes.png": "not an image\n"},
+             ["notes.png", "will not overwrite"]),
+    ]
+    return cases
 
 
 CASES = build_cases()

@@ -66,9 +66,46 @@ def config_default(model: type, field: str) -> object:
 
 
 def given(**options: object) -> dict[str, object]:
-    """The options a user gave (not None): the overrides of a stage config.
+    """The options a user gave (not None): the overrides of a stage config. A number that is not
+    finite (``--delta inf``, ``--temperature nan``) is refused, naming the option (see `finite`).
 
     >>> given(rollouts=None, delta=0.5)
     {'delta': 0.5}
     """
+    finite(**options)
     return {k: v for k, v in options.items() if v is not None}
+
+
+def finite(**options: object) -> None:
+    """Refuse a float option that is NaN or infinite, naming it as the user typed it (``--top-p``):
+    typer parses ``inf``/``nan`` as floats, and a config's ``gt=0`` or ``ge=0`` bound lets ``inf``
+    through (a learning rate, a timeout that never ends, a threshold no score reaches).
+
+    >>> finite(lr=1e-5, seed=None)
+    >>> finite(lr=float("inf"))
+    Traceback (most recent call last):
+    ...
+    longshort.errors.InputError: field '--lr': expected a finite number, got inf
+    """
+    import math
+
+    from longshort.errors import InputError
+
+    for name, value in options.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"expected a finite number, got {value}", field="--" + name.replace("_", "-"))
+
+
+def check_urls(engine: str | None, **urls: str | None) -> None:
+    """Server URL options (``--base-url``, ``--long-base-url``, ...): with ``--engine openai`` each
+    given one must be a server URL; with another engine none may be given (it would be ignored)."""
+    from longshort.errors import InputError
+    from longshort.io import check_url
+
+    for name, url in urls.items():
+        if url is None:
+            continue
+        option = "--" + name.replace("_", "-")
+        if engine != "openai":
+            raise InputError(f"only used with --engine openai (engine is {engine!r})", field=option)
+        check_url(url, field=option)

@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from longshort.cli.app import app, config_default, config_option
+from longshort.cli.app import app, check_urls, config_default, config_option, finite
 from longshort.dialogue.collab import CollabConfig
 from longshort.errors import InputError
 from longshort.evaluation.grading import GradingConfig
@@ -64,6 +64,7 @@ def eval_command(
 
     if mode not in _MODES:
         raise InputError(f"unknown mode {mode!r}; expected one of {', '.join(_MODES)}", field="mode")
+    finite(temperature=temperature, grading_timeout=grading_timeout)
     overrides = {k: v for k, v in {
         "benchmark": benchmark, "mode": mode, "samples": samples, "limit": limit,
         "long_model": long, "short_model": short, "engine": engine, "base_url": base_url,
@@ -81,6 +82,7 @@ def eval_command(
     from longshort.io import check_output_dir
     from longshort.models import spec_problem
 
+    check_urls(cfg.engine, base_url=base_url, long_base_url=long_base_url, short_base_url=short_base_url)
     check_output_dir(out)
     for spec, name in ((cfg.long_model, "--long"), (cfg.short_model, "--short")):
         if cfg.engine in ("transformers", "hf") and spec_problem(spec):
@@ -111,6 +113,7 @@ def compare_command(
 
     from longshort.evaluation.report import (
         COMPARISON_HEADERS,
+        check_run_metrics,
         comparison_markdown,
         comparison_rows,
         format_row,
@@ -123,7 +126,10 @@ def compare_command(
         check_output_file(plot, option="--plot")
         if plot.suffix.lower() != ".png":
             raise InputError("expected a .png file name", path=str(plot), field="--plot")
-    loaded = [(str(r), load_run_metrics(r)) for r in runs]
+    png = plot or Path(runs[0]).resolve().parent / "accuracy_vs_tokens.png"
+    _check_replaceable(png, b"\x89PNG")  # an earlier plot is replaced; a user's notes.md never
+    _check_replaceable(png.with_suffix(".md"), ("| " + " | ".join(COMPARISON_HEADERS) + " |").encode())
+    loaded = [(str(r), check_run_metrics(load_run_metrics(r), str(Path(r) / "metrics.json"))) for r in runs]
     labels = [Path(r).name or str(r) for r, _ in loaded]
     if len(set(labels)) < len(labels):
         labels = [r for r, _ in loaded]
@@ -138,12 +144,23 @@ def compare_command(
     benchmarks = {r["benchmark"] for r in rows}
     if len(benchmarks) > 1:
         print(f"note: the runs cover different benchmarks ({', '.join(sorted(map(str, benchmarks)))})")
-    png = plot or Path(runs[0]).resolve().parent / "accuracy_vs_tokens.png"
-    check_output_file(png, option="--plot")
-    check_output_file(png.with_suffix(".md"), option="--plot")
     plot_accuracy_vs_tokens(rows, png)
     write_text_atomic(png.with_suffix(".md"), comparison_markdown(rows))
     print(f"wrote {png} and {png.with_suffix('.md')}")
+
+
+def _check_replaceable(path: Path, head: bytes) -> None:
+    """An output `compare` writes whole: a new path, or an earlier one of its own outputs (it starts
+    with `head`); any other existing file is refused, untouched."""
+    from longshort.io import check_output_file
+
+    check_output_file(path, option="--plot")
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as fh:
+            start = fh.read(len(head))
+        if start != head:
+            raise InputError("exists and is not an earlier `longshort compare` output; will not overwrite it "
+                             "(choose another --plot name)", path=str(path))
 
 
 @app.command("grade")
@@ -159,9 +176,13 @@ def grade_command(
     import math
 
     from longshort.evaluation.grading import LETTERS, gold_choice, grade_detail
+    from longshort.io import MAX_TEXT_CHARS, check_text
 
     if not gold.strip():
         raise InputError("empty", field="GOLD")
+    check_text(gold, field="GOLD")  # lone surrogates (bytes that are not UTF-8), size
+    if prediction.strip():
+        check_text(prediction, field="PRED", max_chars=10 * MAX_TEXT_CHARS)
     if not math.isfinite(timeout) or timeout > 3600:
         raise InputError(f"expected a number of seconds between 0.01 and 3600, got {timeout}", field="--timeout")
     if choices:

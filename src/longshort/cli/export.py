@@ -36,21 +36,34 @@ def export(
 
     Rendered with the model's chat template and checked token for token against what
     `longshort sft` trains on (export.json)."""
-    from longshort.errors import LongshortError
+    from longshort.errors import InputError
     from longshort.io import check_output_dir
-    from longshort.training.export import FORMATS, export_sets, read_sft_inputs, write_export
+    from longshort.models import spec_problem
+    from longshort.training.export import (
+        FORMATS,
+        check_export_paths,
+        check_options,
+        export_sets,
+        planned_files,
+        read_sft_inputs,
+        write_export,
+    )
 
-    formats = list(dict.fromkeys(format or FORMATS))
-    bad = [f for f in formats if f not in FORMATS]
-    if bad:
-        raise LongshortError(f"unknown --format {bad[0]!r}; expected {' or '.join(FORMATS)}")
+    formats = check_options(list(dict.fromkeys(format or FORMATS)), name)
     check_output_dir(out)
     records, files_read, skipped = read_sft_inputs(input, skip_bad=skip_bad)
+    models = {"long": long_model or model, "short": short_model or model}
+    # everything checkable without a tokenizer: the model specs and every path that will be written
+    options = {"long": "--long-model" if long_model else "--model",
+               "short": "--short-model" if short_model else "--model"}
+    for role, spec in models.items():
+        if records[role] and spec_problem(spec):
+            raise InputError(spec_problem(spec), field=options[role])
+    check_export_paths(out, planned_files([r for r in records if records[r]], formats, name), inputs=files_read)
     if skipped:
         typer.echo(f"skipped {skipped} bad record(s) (--skip-bad)", err=True)
     from longshort.models import load_tokenizer
 
-    models = {"long": long_model or model, "short": short_model or model}
     loaded = {spec: load_tokenizer(spec) for role, spec in models.items() if records[role]}
     tokenizers = {role: loaded[spec] for role, spec in models.items() if records[role]}
     length = max_length if max_length is not None else SFTRunConfig.model_fields["max_length"].default

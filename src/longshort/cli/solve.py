@@ -163,6 +163,9 @@ def solve(
         raise InputError(f"expected a finite number, got {temperature}", field="--temperature")
     if mode not in MODES:
         raise LongshortError(f"--mode: unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    from longshort.cli.app import check_urls
+
+    check_urls(engine, base_url=base_url, long_base_url=long_base_url, short_base_url=short_base_url)
     config = _config({
         "max_turns": max_turns, "temperature": temperature, "seed": seed, "samples": samples,
         **CollabConfig.token_flags(max_new_tokens, long=max_new_tokens_long, short=max_new_tokens_short),

@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from longshort.cli.app import app, config_option, given
+from longshort.cli.app import app, config_option, finite, given
 from longshort.errors import InputError, LongshortError
 from longshort.io import ReadStats, ResumableWriter, iter_jsonl, write_json_atomic, write_jsonl_atomic
 from longshort.thoughts.chunking import ChunkConfig, HeuristicConfig, LLMChunkConfig
@@ -22,6 +22,17 @@ from longshort.thoughts.coldstart import ColdStartConfig
 from longshort.thoughts.importance import ImportanceConfig
 
 MODEL_HELP = "Model spec (smollm2-135m, tiny-random, a local dir, a hub id) or the served model name."
+
+
+def _check_engine(engine: str, base_url: str | None, model: str | None = None, option: str = "--model") -> None:
+    """--base-url goes with --engine openai (where it must be a URL); with another engine it would be
+    silently ignored. `model`: a spec the in-process engine will load, checked before any work."""
+    from longshort.cli.app import check_urls
+    from longshort.models import spec_problem
+
+    check_urls(engine, base_url=base_url)
+    if model is not None and engine in ("transformers", "hf") and spec_problem(model):
+        raise InputError(spec_problem(model), field=option)
 
 
 def _engine(model: str, engine: str, base_url: str | None, **kw: Any):
@@ -81,16 +92,18 @@ def chunk(
     method = method or ChunkConfig.model_fields["method"].default
     if method not in ("segment", "heuristic", "llm", "gold"):
         raise LongshortError(f"unknown --method {method!r}; accepted: segment, heuristic, llm, gold")
+    _check_engine(engine, base_url, model if method == "llm" else None)
     _check_out(input, out, CHUNK_FIELDS, skip_bad)
     stats = ReadStats()
     records = load_traces(input, skip_bad=skip_bad, stats=stats)
     if not records:
         raise InputError(f"no records left after skipping {stats.skipped} bad one(s)", path=str(input))
     if method == "gold":
-        for k, r in enumerate(records, start=1):
+        for k, r in enumerate(records):
             if not r.get("gold_thoughts"):
                 raise InputError("missing (method 'gold' needs synthetic traces from `longshort synth`)",
-                                 path=str(input), line=k, field="gold_thoughts")
+                                 path=str(input), line=stats.lines[k] if k < len(stats.lines) else k + 1,
+                                 field="gold_thoughts")
     _skipped_note(stats)
     try:
         cfg = ChunkConfig(method=method, llm=LLMChunkConfig(**given(max_retries=max_retries, seed=seed)),
@@ -174,6 +187,8 @@ def _read_scoring_input(path: Path, skip_bad: bool, stats: ReadStats) -> list[di
                 r = dict(rec)
                 if not str(r.get("id", "")).strip():
                     raise InputError("missing", path=str(path), line=line, field="id")
+                if isinstance(r["id"], bool) or not isinstance(r["id"], str | int):  # not str(["a"]) as an id
+                    raise InputError("expected a string or an integer", path=str(path), line=line, field="id")
                 r["id"] = str(r["id"])
                 validate_scoring_record(r, str(path), line)
             else:
@@ -242,6 +257,7 @@ def score(
     from longshort.thoughts.importance import METRICS, plan
     from longshort.thoughts.scoring import iter_score
 
+    _check_engine(engine, base_url, model)
     existing = _check_out(input, out, SCORE_FIELDS, skip_bad)
     try:
         cfg = ImportanceConfig(**given(
@@ -310,11 +326,13 @@ def score(
 # --------------------------------------------------------------------------- coldstart
 
 
-def _check_scored_record(rec: dict[str, Any], path: str, line: int) -> None:
-    """The fields coldstart reads from a scored record, with their types."""
+def _check_scored_record(rec: dict[str, Any], path: str, line: int, *, require_correct: bool = True) -> None:
+    """The fields coldstart reads from a scored record, with their types (`response` is graded
+    against `answer` unless incorrect traces are kept)."""
     import math
 
     from longshort.io import check_answer, check_text
+    from longshort.thoughts.ingest import MAX_RESPONSE_CHARS
 
     for fld in ("id", "problem", "answer", "thoughts"):
         if rec.get(fld) is None or rec.get(fld) in ("", []):
@@ -324,6 +342,12 @@ def _check_scored_record(rec: dict[str, Any], path: str, line: int) -> None:
         raise InputError("expected a string or an integer", path=path, line=line, field="id")
     check_text(rec["problem"], path=path, line=line, field="problem")
     rec["answer"] = check_answer(rec["answer"], path=path, line=line)
+    if require_correct or rec.get("response") is not None:  # graded against the answer
+        check_text(rec.get("response"), path=path, line=line, field="response", max_chars=MAX_RESPONSE_CHARS)
+    ch = rec.get("choices")
+    if ch is not None and not (isinstance(ch, list) and 2 <= len(ch) <= 10
+                               and all(isinstance(c, str) and c.strip() for c in ch)):
+        raise InputError("expected a list of 2-10 non-empty strings", path=path, line=line, field="choices")
     thoughts = rec["thoughts"]
     if not isinstance(thoughts, list):
         raise InputError("expected a list of thought objects", path=path, line=line, field="thoughts")
@@ -334,13 +358,35 @@ def _check_scored_record(rec: dict[str, Any], path: str, line: int) -> None:
                              path=path, line=line, field=where)
         if not isinstance(t.get("text"), str):
             raise InputError("expected a string", path=path, line=line, field=f"{where}.text")
+        if t["text"].strip():  # lone surrogates, size
+            check_text(t["text"], path=path, line=line, field=f"{where}.text", max_chars=MAX_RESPONSE_CHARS)
         for num in ("score", "e"):
             v = t.get(num)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)):
                 raise InputError("expected a finite number", path=path, line=line, field=f"{where}.{num}")
+        _check_span(t, path, line, where)
     if not any(isinstance(t.get("score"), int | float) for t in thoughts):
         raise InputError("thoughts have no 'score' (run `longshort score` first)", path=path, line=line,
                          field="thoughts")
+    gold = rec.get("gold_thoughts")
+    if gold is not None:
+        if not isinstance(gold, list):
+            raise InputError("expected a list of thought objects", path=path, line=line, field="gold_thoughts")
+        for i, g in enumerate(gold):
+            if not isinstance(g, dict):
+                raise InputError("expected a thought object", path=path, line=line, field=f"gold_thoughts.{i}")
+            _check_span(g, path, line, f"gold_thoughts.{i}")
+
+
+def _check_span(t: dict[str, Any], path: str, line: int, where: str) -> None:
+    """A thought's `start`/`end`: 1-based step numbers (integers, start <= end)."""
+    for end in ("start", "end"):
+        v = t.get(end)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InputError("expected a step number (an integer >= 1)", path=path, line=line,
+                             field=f"{where}.{end}")
+    if t["start"] > t["end"]:
+        raise InputError(f"start {t['start']} is after end {t['end']}", path=path, line=line, field=where)
 
 
 @app.command()
@@ -368,6 +414,10 @@ def coldstart(
 
     if threshold is not None and ratio is not None:
         raise LongshortError("give --threshold or --ratio, not both")
+    finite(threshold=threshold, ratio=ratio)  # --threshold nan puts nothing in the long role
+    _check_engine(engine, base_url, model if compressor == "llm" else None)
+    if tokenizer.lower() != "none":
+        _check_engine("transformers", None, tokenizer, "--tokenizer")
     try:
         cfg = ColdStartConfig(threshold=threshold, ratio=ratio, require_correct=not keep_incorrect,
                               max_long_turns=max_long_turns or None, **given(compressor=compressor, relative=relative))
@@ -378,12 +428,14 @@ def coldstart(
 
     check_input_file(input)
     check_output_dir(out)
+    for name in COLDSTART_FILES:
+        _check_replaceable(out / name, input)
     stats = ReadStats()
     records = []
     seen: dict[str, int] = {}
     for k, rec in iter_jsonl(input, skip_bad=skip_bad, stats=stats, with_lines=True):
         try:
-            _check_scored_record(rec, str(input), k)
+            _check_scored_record(rec, str(input), k, require_correct=cfg.require_correct)
             if str(rec["id"]) in seen:
                 raise InputError(f"duplicate id {str(rec['id'])!r} (first on line {seen[str(rec['id'])]})",
                                  path=str(input), line=k, field="id")
@@ -412,6 +464,10 @@ def coldstart(
     if eng is not None:
         eng.close()
     st["skipped_bad_records"] = stats.skipped
+    if not long_ex and not short_ex:  # nothing to train on: say why instead of writing empty sets
+        why = (f"all {st['skipped_incorrect']} trace(s) answer incorrectly (--keep-incorrect uses them)"
+               if st.get("skipped_incorrect") else "no trace gave a dialogue")
+        raise InputError(f"no SFT examples: {why}; nothing written", path=str(input))
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(out / "sft_long.jsonl", long_ex)
     write_jsonl_atomic(out / "sft_short.jsonl", short_ex)
@@ -421,6 +477,32 @@ def coldstart(
                f"{st['token_share']['long']:.2f}, compression {st['compression_ratio']} -> {out}")
 
 
+# generate() holds the set in memory (~2 KB a trace): 100,000 is ~200 MB and 15 s; --n 10**12 never ends
+MAX_SYNTH = 100_000
+COLDSTART_FILES = ("sft_long.jsonl", "sft_short.jsonl", "stats.json")
+
+
+def _check_replaceable(path: Path, inp: Path) -> None:
+    """A file coldstart writes whole may replace an earlier coldstart output, never the input or a
+    file of something else (a user's notes named sft_long.jsonl): its first record must have the
+    fields coldstart writes (SFT examples: prompt and completion; stats.json: dialogues)."""
+    from longshort.io import check_output_file
+
+    check_output_file(path, inputs=[inp])
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1_000_000) if path.suffix == ".json" else fh.readline(10_000_000)
+        rec = json.loads(head.decode("utf-8"))
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, a torn line
+        rec = None
+    want = ("dialogues",) if path.suffix == ".json" else ("prompt", "completion")
+    if not isinstance(rec, dict) or any(k not in rec for k in want):
+        raise InputError("exists and is not an earlier `longshort coldstart` output; will not overwrite it "
+                         "(move it or choose another --out)", path=str(path))
+
+
 # --------------------------------------------------------------------------- synth
 
 
@@ -428,7 +510,7 @@ def coldstart(
 def synth(
     out: Path = typer.Option(..., "--out", "-o", help="Output JSONL of synthetic traces."),
     task: str = typer.Option("arithmetic", help="Task family (arithmetic)."),
-    n: int = typer.Option(100, min=1, help="Number of problems."),
+    n: int = typer.Option(100, min=1, max=MAX_SYNTH, help="Number of problems."),
     seed: int = typer.Option(0, help="Random seed (same seed, same file)."),
     num_ops: int = typer.Option(3, help="Computations per problem (drawn from 1..num_ops+1)."),
     max_operand: int = typer.Option(12, help="Largest operand."),

@@ -10,6 +10,7 @@ Both work under ``accelerate launch --config_file configs/accelerate/<ddp|zero2|
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -97,22 +98,54 @@ def _check_problems(data: Path, skip_bad: bool) -> None:
                          path=str(data))
 
 
+def _nonfinite(value: Any, loc: str) -> str | None:
+    """The dotted name of the first NaN/infinite float inside a config value, else None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return loc
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        found = _nonfinite(v, f"{loc}.{k}")
+        if found:
+            return found
+    return None
+
+
+def _check_spec(spec: str, option: str) -> None:
+    """A model spec that names nothing is refused before the trainer (or any model) is built."""
+    from longshort.models import spec_problem
+
+    why = spec_problem(spec)
+    if why:
+        raise InputError(why, field=option)
+
+
 def _build(cls, file_values: dict[str, Any], options: dict[str, Any]):
     from pydantic import ValidationError
 
-    values = {**file_values, **{k: v for k, v in options.items() if v is not None}}
+    given_options = {k: v for k, v in options.items() if v is not None}
+    values = {**file_values, **given_options}
     known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
     unknown = sorted(str(k) for k in file_values if k not in known)
     if unknown:  # a misspelt field would otherwise be dropped silently
         raise InputError(f"unknown config field {unknown[0]!r}; accepted: {', '.join(sorted(cls.model_fields))}",
                          field=unknown[0])
     try:
-        return cls(**values)
+        cfg = cls(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err.get("loc", ()))
         name = "--" + loc.replace("_", "-") if loc else "config"
         raise LongshortError(f"{name}: {err['msg']}") from None
+    # `gt=0` lets inf through (and "1e400" in YAML is a string pydantic reads as inf): a learning rate,
+    # epochs or a timeout of inf or NaN is never meant
+    for k, v in cfg.model_dump().items():
+        where = _nonfinite(v, k)
+        if where:
+            top = where.split(".")[0]
+            name = "--" + where.replace("_", "-") if top in given_options and top == where else where
+            raise InputError("expected a finite number, got " + ("a NaN or an infinity" if top != where else str(v)),
+                             field=name)
+    return cfg
 
 
 @app.command()
@@ -144,6 +177,7 @@ def sft(
         role=role, data=str(data), model=model, out=str(out), max_steps=max_steps, epochs=epochs, lora=lora,
         lr=lr, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, save_steps=save_steps,
         precision=precision, report_to=report_to, resume=resume or None, skip_bad=skip_bad or None, seed=seed))
+    _check_spec(cfg.model, "--model")
     result = run_sft(cfg)
     typer.echo(f"saved {cfg.role} model to {result}")
 
@@ -218,6 +252,9 @@ def rl(
         partner_server_timeout=partner_server_timeout,
         lora=lora, save_steps=save_steps, precision=precision, report_to=report_to, resume=resume or None,
         skip_bad=skip_bad or None, seed=seed))
+    for spec, role in ((cfg.long, "long"), (cfg.short, "short")):
+        if not (cfg.partner_base_url and role != cfg.schedule()[0]):  # a served partner is a model name
+            _check_spec(spec, f"--{role}")
     result = run_rl(cfg)
     final = json.loads((Path(result) / "longshort_run.json").read_text())["final"]
     typer.echo(f"done: long = {final['long']}, short = {final['short']}")

@@ -374,6 +374,9 @@ def load_benchmark(name_or_path: str, *, data_dir: str | os.PathLike | None = No
     """
     if limit is not None and limit < 1:
         raise InputError(f"limit must be >= 1, got {limit}", field="limit")
+    if not isinstance(name_or_path, str) or not name_or_path.strip():  # not Path("") = the current directory
+        raise InputError(f"empty; known: {', '.join(known_benchmarks())}, a JSONL path, or "
+                         "hub:DATASET[:CONFIG][@SPLIT]", field="benchmark")
     spec = benchmark_spec(name_or_path)
     if spec is not None:
         records = _load_registered(spec, data_dir=data_dir, seed=seed, skip_bad=skip_bad, stats=stats)

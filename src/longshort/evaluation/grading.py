@@ -64,9 +64,10 @@ MAX_ANSWER_CHARS = 1000  # longer "answers" are not parsed symbolically (exact m
 class GradingConfig(BaseModel):
     """How answers are judged."""
 
-    timeout: float = Field(5.0, gt=0, description=(
+    timeout: float = Field(5.0, gt=0, le=3600, description=(
         "Seconds allowed to grade one item (parse + verify); 5 s is math-verify's own default, "
-        "far above the ~5 ms a normal answer takes, so only pathological answers are cut off."))
+        "far above the ~5 ms a normal answer takes, so only pathological answers are cut off; at "
+        "most an hour (an infinite timeout would let one pathological answer hang an evaluation)."))
     float_rounding: int = Field(6, ge=0, description=(
         "Decimal places numbers are rounded to before comparing (math-verify default): "
         "0.333333 matches 1/3, 4.67 does not match 14/3."))

@@ -97,13 +97,47 @@ def comparison_rows(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> list[dict[
         rows.append({
             "run": label, "benchmark": m.get("benchmark"), "mode": m.get("mode"),
             "problems": m["problems"], "samples": m["samples_per_problem"],
-            "accuracy": p1["mean"], "low": p1.get("low"), "high": p1.get("high"),
-            "tokens": m["tokens"]["total"], "tokens_long": m["tokens"]["long"],
-            "tokens_short": m["tokens"]["short"], "turns": m["turns"],
-            "length_rate": m["finish_by_length_rate"], "format_rate": m["format_violation_rate"],
+            "accuracy": p1.get("mean"), "low": p1.get("low"), "high": p1.get("high"),
+            "tokens": m["tokens"].get("total"), "tokens_long": m["tokens"].get("long"),
+            "tokens_short": m["tokens"].get("short"), "turns": m.get("turns"),
+            "length_rate": m.get("finish_by_length_rate"), "format_rate": m.get("format_violation_rate"),
             "aes": (m.get("aes") or {}).get("aes"),
         })
     return rows
+
+
+def check_run_metrics(m: Any, path: str) -> Mapping[str, Any]:
+    """The fields `comparison_rows` reads from a run's metrics.json, with their types, or an
+    `InputError` naming the file and field (a hand-edited or foreign metrics.json)."""
+    from longshort.errors import InputError
+
+    def number(value: Any, name: str, *, optional: bool = False) -> None:
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+            raise InputError("missing" if value is None else f"expected a number, got {value!r:.60}", path=path,
+                             field=name)
+
+    def mapping(value: Any, name: str) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            raise InputError(f"expected an object, got {value!r:.60}", path=path, field=name)
+        return value
+
+    m = mapping(m, "(top level)")
+    p1 = mapping(m.get("pass_at_1"), "pass_at_1")
+    number(p1.get("mean"), "pass_at_1.mean", optional=True)
+    for k in ("low", "high"):
+        number(p1.get(k), f"pass_at_1.{k}", optional=True)
+    for k in ("problems", "samples_per_problem"):
+        number(m.get(k), k)
+    tokens = mapping(m.get("tokens"), "tokens")
+    for k in ("total", "long", "short"):
+        number(tokens.get(k), f"tokens.{k}", optional=True)
+    for k in ("turns", "finish_by_length_rate", "format_violation_rate"):
+        number(m.get(k), k, optional=True)
+    if m.get("aes") is not None:
+        number(mapping(m["aes"], "aes").get("aes"), "aes.aes", optional=True)
+    return m
 
 
 def format_row(row: Mapping[str, Any]) -> list[str]:

@@ -21,8 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from longshort.errors import InputError
-from longshort.io import ReadStats, iter_jsonl
+from longshort.io import MAX_TEXT_CHARS, ReadStats, check_answer, check_text, iter_jsonl
 from longshort.thoughts.steps import split_steps
+
+# A long CoT of 32k-64k tokens is 130-260k characters; 1,000,000 is far beyond any model's output.
+MAX_RESPONSE_CHARS = 1_000_000
+# Real traces have tens to a few thousand steps (paragraphs); chunking is quadratic in the steps
+# (10,000 take seconds, 500,000 would take hours), so a trace with more is refused up front.
+MAX_STEPS = 10_000
 
 # our field -> names found in public trace dumps, in order of preference
 FIELD_ALIASES: dict[str, tuple[str, ...]] = {
@@ -61,22 +67,29 @@ def normalize_trace(rec: dict[str, Any], *, path: str | None = None, line: int |
                 raise err(f"expected a string (or a one-element list), got a list of {len(value)}",
                           alias)
             value = value[0]
-        if name == "answer" and isinstance(value, bool):
-            raise err("expected a string or a number, got a boolean", alias)
-        if name == "answer" and isinstance(value, (int, float)):
-            value = str(value)
+        if name == "answer":  # a string or a finite number (not a boolean, NaN or 1e400)
+            value = check_answer(value, path=path, line=line, field=alias)
         if not isinstance(value, str):
             raise err(f"expected a string, got {type(value).__name__}", alias)
         if not value.strip():
             raise err("empty", alias)
+        # lone surrogates (no output can hold them) and sizes, before any work: as solve and eval do
+        check_text(value, path=path, line=line, field=alias,
+                   max_chars=MAX_RESPONSE_CHARS if name == "response" else MAX_TEXT_CHARS)
         if alias != name:
             mapped[name] = alias
             out.pop(alias, None)
         out[name] = value.strip() if name == "answer" else value
     try:
-        split_steps(out["response"])
+        steps = split_steps(out["response"])
     except ValueError as exc:
         raise err(str(exc), mapped.get("response", "response")) from None
+    if len(steps.steps) > MAX_STEPS:
+        raise err(f"too many steps ({len(steps.steps):,} paragraphs; at most {MAX_STEPS:,}): not a reasoning "
+                  "trace (a repetition loop?)", mapped.get("response", "response"))
+    solution = out.get("solution")
+    if isinstance(solution, str) and solution.strip():
+        check_text(solution, path=path, line=line, field="solution", max_chars=MAX_RESPONSE_CHARS)
     if "solution" in out and out["solution"] is not None and not isinstance(out["solution"], str):
         raise err(f"expected a string, got {type(out['solution']).__name__}", "solution")
     if "choices" in out and out["choices"] is not None and not isinstance(out["choices"], (list, dict)):
@@ -110,6 +123,8 @@ def load_traces(path: str | os.PathLike, *, skip_bad: bool = False,
                 raise
             stats.skipped += 1
             stats.read -= 1
+            if stats.lines:  # keep stats.lines the file line of each record returned
+                stats.lines.pop()
             stats.reasons.append(str(exc))
             continue
         seen[norm["id"]] = line or index + 1

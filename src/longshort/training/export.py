@@ -187,19 +187,51 @@ def _jsonl(rows: Iterable[dict[str, Any]]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
+def check_options(formats: Sequence[str], name: str) -> list[str]:
+    """The formats (in FORMATS order) if they and `name` are valid, else a `LongshortError`."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise LongshortError(f"unknown --format {unknown[0]!r}; expected {' or '.join(FORMATS)}" if unknown
+                             else "no --format given")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise LongshortError(f"bad --name {name!r}: letters, digits, '_', '.', '-' (a LLaMA-Factory dataset name)")
+    return [f for f in FORMATS if f in formats]
+
+
+def planned_files(roles: Iterable[str], formats: Sequence[str], name: str) -> list[str]:
+    """The relative paths `export_sets` writes for these roles and formats (export.json last)."""
+    rels = []
+    for role in roles:
+        if "trl" in formats:
+            rels.append(f"trl/sft_{role}.jsonl")
+        if "llamafactory" in formats:
+            rels.append(f"llamafactory/{name}_{role}.jsonl")
+    if "llamafactory" in formats:
+        rels.append("llamafactory/dataset_info.json")
+    return rels + ["export.json"]
+
+
+def check_export_paths(out: str | os.PathLike, rels: Iterable[str], *, inputs: Sequence[str] = ()) -> None:
+    """Before any tokenizer loads: every path the export will write must be writable and none an
+    input (`check_output_file`), and an existing dataset_info.json must be a JSON object (ours are
+    added to it). Whether an existing file holds the same text is known only once the examples are
+    rendered (`write_export`)."""
+    from longshort.io import check_output_dir, check_output_file
+
+    root = check_output_dir(out)
+    for rel in rels:
+        p = check_output_file(root / rel, inputs=inputs)
+        if rel.endswith("dataset_info.json") and p.exists():
+            _merge_dataset_info(p, {})
+
+
 def export_sets(records_by_role: dict[str, list[dict[str, Any]]], tokenizers: dict[str, Any],
                 models: dict[str, str], *, formats: Sequence[str] = FORMATS, max_length: int = 4096,
                 name: str = "longshort", inputs: Sequence[str] = ()) -> tuple[dict[str, str], dict[str, Any]]:
     """(files: relative path → text, manifest). `tokenizers[role]` renders and checks that role's
     records (the model it will be trained from, named `models[role]`). Layout: ``trl/sft_{role}.jsonl``,
     ``llamafactory/{name}_{role}.jsonl`` + ``llamafactory/dataset_info.json``, ``export.json``."""
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise LongshortError(f"unknown --format {unknown[0]!r}; expected {' or '.join(FORMATS)}" if unknown
-                             else "no --format given")
-    if not _NAME.match(name):
-        raise LongshortError(f"bad --name {name!r}: letters, digits, '_', '.', '-' (a LLaMA-Factory dataset name)")
-    formats = [f for f in FORMATS if f in formats]
+    formats = check_options(formats, name)
     files: dict[str, str] = {}
     roles: dict[str, Any] = {}
     dataset_info: dict[str, Any] = {}
@@ -246,7 +278,7 @@ def _merge_dataset_info(path: Path, ours: dict[str, Any]) -> str:
     content is refused."""
     try:
         existing = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, a 4,300-digit integer, nested too deep
         raise InputError(f"exists and is not JSON ({exc}); will not overwrite it", path=str(path)) from None
     if not isinstance(existing, dict):
         raise InputError("exists and is not a JSON object; will not overwrite it", path=str(path))

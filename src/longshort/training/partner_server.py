@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import shlex
@@ -302,7 +303,7 @@ def _rank() -> tuple[int, int]:
 
 def command_template(config: Any) -> list[str]:
     """The run's server command template (checked): ``partner_server_command`` or `default_command`."""
-    if config.partner_server_command:
+    if config.partner_server_command is not None:  # "" or [] is an error, not "the default"
         return template_arguments(config.partner_server_command)
     d = config.dialogue
     return default_command(max(d.max_new_tokens_long, d.max_new_tokens_short))
@@ -310,14 +311,21 @@ def command_template(config: Any) -> list[str]:
 
 def check_partner_server(config: Any) -> None:
     """The partner-server settings of an `RLRunConfig`, before any model loads (one line each)."""
+    if config.partner_base_url is not None:  # "" would mean "in-process partner", silently
+        from longshort.io import check_url
+
+        check_url(config.partner_base_url, field="partner_base_url")
     if config.partner_server == "none":
-        if config.partner_server_command:
+        if config.partner_server_command is not None:
             raise LongshortError("partner_server_command is used only with partner_server: managed (longshort "
                                  "runs it for each iteration); set --partner-server managed")
         return
     if config.partner_base_url:
         raise LongshortError("partner_server: managed starts its own server for each iteration's partner; drop "
                              "partner_base_url (a fixed server), or keep it with partner_server: none")
+    if not math.isfinite(config.partner_server_timeout):  # `gt=0` lets inf through: a wait without end
+        raise LongshortError(f"partner_server_timeout: expected a finite number of seconds, got "
+                             f"{config.partner_server_timeout}")
     args = command_template(config)
     exe = fill(args[:1], _values("", 0, "long", 0))[0]
     if shutil.which(exe) is None:
