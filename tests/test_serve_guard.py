@@ -223,3 +223,68 @@ def test_deeply_nested_json_is_400(base, depth):
     r = httpx.post(f"{base}/v1/chat/completions", content=body, timeout=60,
                    headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+
+
+# --------------------------------------------------------------------------- fields (issue 11, held-out pass)
+
+_BIG = b"9" * 5000  # more digits than Python's int() converts: json.loads raises a plain ValueError
+
+
+@pytest.mark.parametrize("path, body, code", [
+    ("/v1/completions", b'{"model": "long", "prompt": "x", "max_tokens": ' + _BIG + b"}", "invalid_json"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "seed": ' + _BIG + b"}",
+     "invalid_json"),
+    ("/tokenize", b'{"model": "long", "prompt": "x", "n": ' + _BIG + b"}", "invalid_json"),
+    ("/v1/completions", {"logprobs": -1}, "invalid_field"),
+    ("/v1/completions", {"logprobs": 21}, "invalid_field"),
+    ("/v1/completions", {"logprobs": "1"}, "invalid_field"),
+    ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 1000}, "invalid_field"),
+    ("/v1/completions", {"stop": [f"s{i}" for i in range(10_000)]}, "invalid_field"),
+    ("/v1/completions", {"stop": [""]}, "invalid_field"),
+    ("/v1/completions", {"stop": "x" * 5000}, "invalid_field"),
+    ("/v1/completions", {"n": True}, "invalid_field"),
+    ("/v1/completions", {"n": "2"}, "invalid_field"),
+    ("/v1/completions", {"max_tokens": "3"}, "invalid_field"),
+    ("/v1/chat/completions", {"max_tokens": True}, "invalid_field"),
+    ("/v1/completions", {"temperature": "0.5"}, "invalid_field"),
+    ("/v1/completions", {"seed": 2 ** 70}, "invalid_field"),
+    ("/v1/completions", {"echo": True}, "unsupported_parameter"),
+    ("/v1/completions", {"best_of": 3}, "unsupported_parameter"),
+    ("/v1/completions", {"logit_bias": {"50256": -100}}, "unsupported_parameter"),
+    ("/v1/chat/completions", {"frequency_penalty": 0.5}, "unsupported_parameter"),
+    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "unsupported_parameter"),
+])
+def test_bad_fields_are_400_with_an_openai_error(base, path, body, code):
+    if isinstance(body, bytes):
+        r = httpx.post(f"{base}{path}", content=body, headers={"content-type": "application/json"}, timeout=30)
+    else:
+        full = {"model": "long", "max_tokens": 2, **({"prompt": "1 + 1 ="} if path == "/v1/completions" else
+                                                     {"messages": [{"role": "user", "content": "hi"}]}), **body}
+        r = httpx.post(f"{base}{path}", json=full, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == code and err["message"] and err["type"] == "invalid_request_error"
+
+
+def test_no_op_values_of_unsupported_fields_are_accepted(base):
+    """What OpenAI clients send by default (echo false, best_of 1, empty logit_bias, zero penalties)."""
+    r = _complete(base, "1 + 1 =", max_tokens=2, temperature=0, echo=False, best_of=1, logit_bias={},
+                  frequency_penalty=0, presence_penalty=0.0, logprobs=0, stop=["\n\n"], seed=-1)
+    assert r.status_code == 200, r.text
+
+
+def test_requests_refused_by_validation_do_not_touch_the_batch(base):
+    """Bad requests sent together with good ones: each bad one gets its own 400, the good ones 200."""
+    calls = [
+        lambda: _complete(base, "1 + 1 =", max_tokens=3, temperature=0),
+        lambda: _complete(base, "2 + 2 =", max_tokens=3, stop=[f"s{i}" for i in range(10_000)]),
+        lambda: httpx.post(f"{base}/v1/completions", timeout=60, headers={"content-type": "application/json"},
+                           content=b'{"model": "long", "prompt": "x", "seed": ' + _BIG + b"}"),
+        lambda: _complete(base, "3 + 3 =", max_tokens=3, logprobs=999),
+        lambda: _complete(base, "\u0000\u202e\U0001f9ea e\u0301", max_tokens=3, temperature=0),
+        lambda: _chat(base, "What is 2 + 3?"),
+    ]
+    with ThreadPoolExecutor(len(calls)) as pool:
+        rs = [f.result() for f in [pool.submit(c) for c in calls]]
+    assert [r.status_code for r in rs] == [200, 400, 400, 400, 200, 200], [r.text[:200] for r in rs]
+    assert httpx.get(f"{base}/health", timeout=30).json()["status"] == "ok"
