@@ -324,6 +324,12 @@ def output_cases() -> list[Case]:
         Case("out-compare-missing_run", ["compare", "{d}/nope"], {}, ["nope", "not found"]),
         Case("out-compare-not_a_run", ["compare", "{d}/r"], {"r": DIR}, ["r", "metrics.json"]),
         Case("out-compare-bad_metrics", ["compare", "{d}/r"], {"r/metrics.json": "{bad json"}, ["metrics.json"]),
+        Case("out-compare-metrics_not_utf8", ["compare", "{d}/r"], {"r/metrics.json": b"\xff\xfe{}"},
+             ["metrics.json", "unreadable"]),
+        Case("out-compare-metrics_huge_int", ["compare", "{d}/r"], {"r/metrics.json": '{"benchmark": ' + "9" * 5000 + "}"},
+             ["metrics.json", "unreadable"]),
+        Case("out-compare-metrics_not_object", ["compare", "{d}/r"], {"r/metrics.json": "[1, 2]"},
+             ["metrics.json", "JSON object"]),
     ]
     return cases
 

@@ -90,6 +90,10 @@ def load_run_metrics(run_dir: str | Path) -> dict[str, Any]:
         m = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise InputError(f"malformed JSON ({exc.msg})", path=str(path), line=exc.lineno) from None
+    except (UnicodeDecodeError, ValueError) as exc:  # not UTF-8; an integer past Python's digit limit
+        raise InputError(f"unreadable ({str(exc).split(';')[0]})", path=str(path)) from None
+    if not isinstance(m, dict):
+        raise InputError("expected a JSON object", path=str(path))
     for key in ("benchmark", "pass_at_1", "tokens", "accuracy"):
         if key not in m:
             raise InputError("missing", path=str(path), field=key)
