@@ -58,6 +58,13 @@ def test_check_refuses_an_unknown_key_in_models(tmp_path, capsys):
     assert len(err) == 1 and "field 'models.short_base_ulr'" in err[0] and "unknown key" in err[0], err
 
 
+def test_check_refuses_a_role_url_that_is_not_a_server_url(tmp_path, capsys):
+    p = _write(tmp_path, RECIPE.replace(SHORT_URL, "localhost:8001"))
+    assert main(["pipeline", str(p), "--check"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "models.short_base_url" in err[0] and "not a server URL" in err[0], err
+
+
 @pytest.mark.parametrize("edit, words", [
     # openai: a role without its own URL falls back to base_url; without either it has no server
     (lambda t: t.replace(f"  short_base_url: {SHORT_URL}\n", ""), "models.short_base_url missing"),

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from longshort.dialogue.collab import CollabConfig
 from longshort.errors import InputError, LongshortError
 from longshort.io import compose_yaml, read_yaml
+from longshort.io.fields import check_url
 from longshort.models import spec_problem
 from longshort.thoughts.chunking import ChunkConfig
 from longshort.thoughts.coldstart import ColdStartConfig
@@ -68,6 +69,12 @@ class ModelsConfig(_Strict):
     @model_validator(mode="after")
     def _check_engine(self) -> ModelsConfig:
         urls = ("base_url", "long_base_url", "short_base_url")
+        for u in urls:
+            if getattr(self, u) is not None:
+                try:
+                    check_url(getattr(self, u), field=f"models.{u}")
+                except InputError as exc:
+                    raise ValueError(str(exc)) from None
         if self.engine != "openai":
             given = [u for u in urls if getattr(self, u)]
             if given:
