@@ -259,3 +259,11 @@ def test_a_tag_in_the_last_message_is_kept(base_tokenizer):
     tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     msgs = [{"role": "user", "content": "say <think>"}]
     assert render_chat(tok, msgs, "x") == "say <think>x"
+
+
+def test_the_tags_templates_open_are_the_protocols_long_tag():
+    """engines.base cannot import the protocol (layers); the tag it cuts must stay the long role's."""
+    from longshort.dialogue.protocol import OPEN_TAGS
+    from longshort.engines.base import TEMPLATE_OPEN_TAGS
+
+    assert TEMPLATE_OPEN_TAGS == (OPEN_TAGS["long"],)

@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from longshort.dialogue.protocol import OPEN_TAGS
-
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
 
 #: Opening tags a chat template may write at the end of its generation prompt (DeepSeek-R1 and its
 #: distills since 2025-02: ``<｜Assistant｜><think>\n``; QwQ-32B: ``<|im_start|>assistant\n<think>\n``).
-TEMPLATE_OPEN_TAGS: tuple[str, ...] = tuple(OPEN_TAGS.values())
+#: A fact about templates, not our protocol (engines sit below dialogue/): the long role's opening
+#: tag is the same `<think>`, and `tests/test_chat_templates.py` checks that they stay equal.
+TEMPLATE_OPEN_TAGS: tuple[str, ...] = ("<think>",)
 
 
 def chat_prompt(tokenizer: Any, messages: list[Message]) -> str:
