@@ -113,18 +113,22 @@ def policy(r1_dir):
     return load_model(r1_dir, dtype="float32", device="cpu")
 
 
+def _play(role, partner, policy):
+    """One short dialogue of QUESTION with `role` trained (the policy) and the canned `partner`."""
+    from longshort.training.rollout import DialogueRollout
+
+    model, tok = policy
+    rollout = DialogueRollout(role, partner, CollabConfig(max_turns=1, max_new_tokens_long=4, max_new_tokens_short=4))
+    torch.manual_seed(0)
+    return rollout.play([QUESTION], model, tok)
+
+
 def test_rollout_policy_prompt_sees_one_think_and_is_the_sft_prompt(policy):
     """The trained long role's first turn: its prompt ids are `render_chat` with the forced
     <think> (the template's own cut: one <think> in text and ids), and with the turn it wrote they
     are the SFT example of that turn (completion = <think> + the generated text)."""
-    from longshort.training.rollout import DialogueRollout
-
     model, tok = policy
-    partner = CannedPartner("\nok \\boxed{42}\n", "</answer>")
-    rollout = DialogueRollout("long", partner, CollabConfig(max_turns=1, max_new_tokens_long=4,
-                                                            max_new_tokens_short=4))
-    torch.manual_seed(0)
-    out = rollout.play([QUESTION], model, tok)
+    out = _play("long", CannedPartner("\nok \\boxed{42}\n", "</answer>"), policy)
     prompt_ids = out["prompt_ids"][0]
     messages, forced = render_input("long", QUESTION, open_tag=True)
     text = tok.decode(prompt_ids, skip_special_tokens=False)
@@ -145,14 +149,8 @@ def test_rollout_policy_prompt_sees_one_think_and_is_the_sft_prompt(policy):
 def test_rollout_later_turn_prompt_is_the_sft_prompt(policy):
     """The trained short role after the partner's long turn: the transcript's one <think> and
     nothing from the template; the ids are those of the SFT example of that turn + the forced tag."""
-    from longshort.training.rollout import DialogueRollout
-
     model, tok = policy
-    partner = CannedPartner("\nSix sevens: 6*7 = 42.\n", "</think>")
-    rollout = DialogueRollout("short", partner, CollabConfig(max_turns=1, max_new_tokens_long=4,
-                                                             max_new_tokens_short=4))
-    torch.manual_seed(0)
-    out = rollout.play([QUESTION], model, tok)
+    out = _play("short", CannedPartner("\nSix sevens: 6*7 = 42.\n", "</think>"), policy)
     assert out["turns"][0][0]["text"] == LONG_TURN
     messages, prefix = render_input("short", QUESTION, [LONG_TURN])
     _, forced = render_input("short", QUESTION, [LONG_TURN], open_tag=True)

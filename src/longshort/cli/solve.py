@@ -9,14 +9,13 @@ dialogues in flight and a rerun picks up where it stopped.
 from __future__ import annotations
 
 import hashlib
-import math
 from pathlib import Path
 from typing import Any
 
 import typer
 from pydantic import ValidationError
 
-from longshort.cli.app import app, config_option
+from longshort.cli.app import app, config_option, finite
 from longshort.dialogue.collab import CollabConfig
 from longshort.errors import InputError, LongshortError
 
@@ -159,8 +158,7 @@ def solve(
     # 1. Everything checkable without a model.
     if (problem is None) == (file is None):
         raise LongshortError("give either a PROBLEM or --file problems.jsonl (not both)")
-    if temperature is not None and not math.isfinite(temperature):
-        raise InputError(f"expected a finite number, got {temperature}", field="--temperature")
+    finite(temperature=temperature)
     if mode not in MODES:
         raise LongshortError(f"--mode: unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     from longshort.cli.app import check_urls

@@ -165,13 +165,9 @@ class _TokenizerOnly:
 
     def render(self, request) -> str:
         """The transformers engine's text for `request` (`HFEngine.render`): `render_chat`."""
-        from longshort.engines.base import render_chat
+        from longshort.engines.base import render_request
 
-        if request.prompt_token_ids is not None:
-            return self.tokenizer.decode(request.prompt_token_ids, skip_special_tokens=False)
-        if request.prompt is not None:
-            return request.prompt + request.assistant_prefix
-        return render_chat(self.tokenizer, request.messages, request.assistant_prefix)
+        return render_request(self.tokenizer, request)
 
 
 def _read_scoring_input(path: Path, skip_bad: bool, stats: ReadStats) -> list[dict[str, Any]]:

@@ -175,3 +175,14 @@ class Engine(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def render_request(tokenizer: Any, request: GenerationRequest) -> str:
+    """The exact text a model is given for `request`: its token ids decoded, its raw prompt (+ the
+    assistant prefix), or `render_chat` of its messages. The `render` of every engine that holds
+    the model's tokenizer (transformers, vLLM, openai with ``tokenizer=``) and of `score --dry-run`."""
+    if request.prompt_token_ids is not None:
+        return tokenizer.decode(request.prompt_token_ids, skip_special_tokens=False)
+    if request.prompt is not None:
+        return request.prompt + request.assistant_prefix
+    return render_chat(tokenizer, request.messages, request.assistant_prefix)

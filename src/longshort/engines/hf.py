@@ -209,13 +209,9 @@ class HFEngine(Engine):
     def render(self, request: GenerationRequest) -> str:
         """The exact text the model is given: `base.render_chat` (chat template + generation prompt
         + assistant prefix), or the raw prompt (+ prefix), or the token ids decoded."""
-        from longshort.engines.base import render_chat
+        from longshort.engines.base import render_request
 
-        if request.prompt_token_ids is not None:
-            return self.tokenizer.decode(request.prompt_token_ids, skip_special_tokens=False)
-        if request.prompt is not None:
-            return request.prompt + request.assistant_prefix
-        return render_chat(self.tokenizer, request.messages, request.assistant_prefix)
+        return render_request(self.tokenizer, request)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -40,7 +40,14 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from longshort.engines.base import Completion, Engine, GenerationRequest, GenerationResult, render_chat
+from longshort.engines.base import (
+    Completion,
+    Engine,
+    GenerationRequest,
+    GenerationResult,
+    render_chat,
+    render_request,
+)
 from longshort.errors import LongshortError
 
 log = logging.getLogger(__name__)
@@ -291,12 +298,8 @@ class OpenAIEngine(Engine):
         tok = self._local_tokenizer()
         if tok is None:
             raise LongshortError("render() with the openai engine needs tokenizer=<model spec>")
-        if request.prompt_token_ids is not None:
-            return tok.decode(request.prompt_token_ids, skip_special_tokens=False)
-        if request.prompt is not None:
-            return request.prompt + request.assistant_prefix
-        if self.config.local_render:
-            return render_chat(tok, request.messages, request.assistant_prefix)
+        if request.messages is None or self.config.local_render:
+            return render_request(tok, request)
         return tok.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False) + \
             request.assistant_prefix
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from longshort.engines.base import Completion, Engine, GenerationRequest, GenerationResult, render_chat
+from longshort.engines.base import Completion, Engine, GenerationRequest, GenerationResult, render_request
 from longshort.errors import LongshortError
 
 
@@ -180,11 +180,7 @@ class VLLMEngine(Engine):
     def render(self, request: GenerationRequest) -> str:
         """The text vLLM is given (as token ids): `base.render_chat`, the raw prompt (+ prefix), or
         the token ids decoded."""
-        if request.prompt_token_ids is not None:
-            return self.tokenizer.decode(request.prompt_token_ids, skip_special_tokens=False)
-        if request.prompt is not None:
-            return request.prompt + request.assistant_prefix
-        return render_chat(self.tokenizer, request.messages, request.assistant_prefix)
+        return render_request(self.tokenizer, request)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
