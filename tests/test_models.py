@@ -223,3 +223,17 @@ def test_load_model_takes_the_auto_precision(monkeypatch):
     monkeypatch.setattr(models, "cpu_has_bf16", lambda: False)
     model, _ = models.load_model("tiny-random", device="cpu")
     assert next(model.parameters()).dtype is torch.float32
+
+
+def test_check_model_spec_refuses_what_names_no_model(tmp_path):
+    """The trainers' early check says what the CLI's does (`spec_problem`), before any model loads."""
+    from longshort.training.common import check_model_spec
+
+    check_model_spec("tiny-random")  # built in
+    with pytest.raises(LongshortError, match="long model: unknown model spec"):
+        check_model_spec("./no-such-model", what="long model")
+    with pytest.raises(LongshortError, match="no config.json"):
+        check_model_spec(str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(LongshortError, match="no tokenizer"):
+        check_model_spec(str(tmp_path))

@@ -130,6 +130,11 @@ def test_smoke_every_stage_output(smoke_run):
     assert load_config(out / "config.yaml") == load_config(ROOT / "configs" / "smoke.yaml")  # resolved, same
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["seed"] == 0 and "torch" in manifest["packages"] and set(manifest["stages"]) == set(STAGE_NAMES)
+    peaks = {k: v["peak_rss_mb"] for k, v in manifest["stages"].items()}
+    # each stage's own high-water mark: none above the run's, and the training stages above the chunker's
+    assert all(v is None or v <= manifest["peak_rss_mb"] for v in peaks.values())
+    if peaks["chunk"] is not None:
+        assert peaks["sft"] > peaks["chunk"]
 
     traces = read_jsonl(out / "data" / "traces.jsonl")
     assert len(traces) == 4 and all(t["gold_thoughts"] for t in traces)
@@ -285,3 +290,22 @@ def test_baseline_trains_only_when_a_stage_that_runs_uses_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "baseline: SFT of the long-CoT baseline" in err and "chunk: done earlier, skipped" in err
     assert (out / "baseline" / "model" / "longshort_run.json").exists()
+
+
+def test_stage_peak_is_the_stages_own():
+    """`StagePeak` resets the high-water mark: a block freed before the stage starts is not its peak."""
+    import numpy as np
+
+    from longshort.pipeline.context import StagePeak
+
+    block = np.ones(40_000_000)  # 320 MB touched
+    del block
+    peak = StagePeak()
+    if peak.mb is None:
+        pytest.skip("no /proc/self/clear_refs here")
+    before = peak.mb
+    held = np.ones(40_000_000)
+    assert peak.mb >= before + 250
+    top = peak.mb
+    del held
+    assert StagePeak().mb < top - 250  # the next stage starts from what is resident now

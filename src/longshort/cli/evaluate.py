@@ -127,8 +127,12 @@ def compare_command(
         if plot.suffix.lower() != ".png":
             raise InputError("expected a .png file name", path=str(plot), field="--plot")
     png = plot or Path(runs[0]).resolve().parent / "accuracy_vs_tokens.png"
-    _check_replaceable(png, b"\x89PNG")  # an earlier plot is replaced; a user's notes.md never
-    _check_replaceable(png.with_suffix(".md"), ("| " + " | ".join(COMPARISON_HEADERS) + " |").encode())
+    from longshort.io import check_replaceable, starts_with
+
+    # an earlier plot and table are replaced; a user's notes.md never
+    check_replaceable(png, command="compare", ours=starts_with(b"\x89PNG"), option="--plot")
+    check_replaceable(png.with_suffix(".md"), command="compare", option="--plot",
+                      ours=starts_with(("| " + " | ".join(COMPARISON_HEADERS) + " |").encode()))
     loaded = [(str(r), check_run_metrics(load_run_metrics(r), str(Path(r) / "metrics.json"))) for r in runs]
     labels = [Path(r).name or str(r) for r, _ in loaded]
     if len(set(labels)) < len(labels):
@@ -147,20 +151,6 @@ def compare_command(
     plot_accuracy_vs_tokens(rows, png)
     write_text_atomic(png.with_suffix(".md"), comparison_markdown(rows))
     print(f"wrote {png} and {png.with_suffix('.md')}")
-
-
-def _check_replaceable(path: Path, head: bytes) -> None:
-    """An output `compare` writes whole: a new path, or an earlier one of its own outputs (it starts
-    with `head`); any other existing file is refused, untouched."""
-    from longshort.io import check_output_file
-
-    check_output_file(path, option="--plot")
-    if path.is_file() and path.stat().st_size:
-        with open(path, "rb") as fh:
-            start = fh.read(len(head))
-        if start != head:
-            raise InputError("exists and is not an earlier `longshort compare` output; will not overwrite it "
-                             "(choose another --plot name)", path=str(path))
 
 
 @app.command("grade")

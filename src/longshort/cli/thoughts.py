@@ -358,12 +358,15 @@ def coldstart(
     except ValidationError as exc:
         e = exc.errors()[0]
         raise LongshortError(f"bad option --{e['loc'][0]}: {e['msg']}") from None
-    from longshort.io import check_input_file, check_output_dir
+    from longshort.io import check_input_file, check_output_dir, check_replaceable, first_record_has
 
     check_input_file(input)
     check_output_dir(out)
     for name in COLDSTART_FILES:
-        _check_replaceable(out / name, input)
+        # an earlier coldstart output is replaced; the input or a user's sft_long.jsonl never
+        check_replaceable(out / name, command="coldstart", inputs=[input], head_bytes=10_000_000,
+                          ours=first_record_has("dialogues", whole=True) if name.endswith(".json")
+                          else first_record_has("prompt", "completion"))
     stats = ReadStats()
     records = []
     seen: dict[str, int] = {}
@@ -414,27 +417,6 @@ def coldstart(
 # generate() holds the set in memory (~2 KB a trace): 100,000 is ~200 MB and 15 s; --n 10**12 never ends
 MAX_SYNTH = 100_000
 COLDSTART_FILES = ("sft_long.jsonl", "sft_short.jsonl", "stats.json")
-
-
-def _check_replaceable(path: Path, inp: Path) -> None:
-    """A file coldstart writes whole may replace an earlier coldstart output, never the input or a
-    file of something else (a user's notes named sft_long.jsonl): its first record must have the
-    fields coldstart writes (SFT examples: prompt and completion; stats.json: dialogues)."""
-    from longshort.io import check_output_file
-
-    check_output_file(path, inputs=[inp])
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(1_000_000) if path.suffix == ".json" else fh.readline(10_000_000)
-        rec = json.loads(head.decode("utf-8"))
-    except (ValueError, RecursionError):  # not UTF-8, not JSON, a torn line
-        rec = None
-    want = ("dialogues",) if path.suffix == ".json" else ("prompt", "completion")
-    if not isinstance(rec, dict) or any(k not in rec for k in want):
-        raise InputError("exists and is not an earlier `longshort coldstart` output; will not overwrite it "
-                         "(move it or choose another --out)", path=str(path))
 
 
 # --------------------------------------------------------------------------- synth

@@ -36,13 +36,22 @@ from longshort.io.jsonl import (
     parse_record,
     read_jsonl,
 )
-from longshort.io.paths import check_input_file, check_new_file, check_output_dir, check_output_file
+from longshort.io.paths import (
+    check_input_file,
+    check_new_file,
+    check_output_dir,
+    check_output_file,
+    check_replaceable,
+    first_record_has,
+    starts_with,
+)
 from longshort.io.resumable import OutputScan, ResumableWriter, scan_output
 from longshort.io.yamlfile import YAML_MAX_BYTES, YAML_MAX_DEPTH, compose_yaml, read_yaml
 
 __all__ = [
     "MAX_TEXT_CHARS", "YAML_MAX_BYTES", "YAML_MAX_DEPTH", "OutputScan", "ReadStats", "ResumableWriter",
     "check_answer", "check_input_file", "check_new_file", "check_output_dir", "check_output_file",
+    "check_replaceable", "first_record_has", "starts_with",
     "check_problem_fields", "check_text", "check_url", "compose_yaml", "ensure_ids", "iter_jsonl",
     "iter_jsonl_numbered",
     "iter_lines", "parse_record", "read_jsonl", "read_yaml", "save_figure_atomic", "scan_output",

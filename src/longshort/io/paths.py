@@ -4,9 +4,10 @@ where a file goes, a file that is not ours, a place that cannot be written) is r
 
 from __future__ import annotations
 
+import json
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from longshort.errors import InputError
@@ -100,3 +101,37 @@ def check_new_file(out: str | os.PathLike, *, inputs: Iterable[str | os.PathLike
         raise InputError(f"already exists; {option} will not overwrite it (choose another path or delete it)",
                          path=str(p))
     return p
+
+
+def check_replaceable(out: str | os.PathLike, *, command: str, ours: Callable[[bytes], bool],
+                      inputs: Iterable[str | os.PathLike | None] = (), option: str = "--out",
+                      head_bytes: int = 1_000_000) -> Path:
+    """An output file that a command writes whole and may write again: like `check_output_file`,
+    and an existing non-empty file is replaced only when it is an earlier output of `command`
+    (`ours` says so from the file's first `head_bytes`: `starts_with`, `first_record_has`);
+    anything else (a user's notes under that name) is refused, untouched."""
+    p = check_output_file(out, inputs=inputs, option=option)
+    if p.is_file() and p.stat().st_size > 0:
+        with open(p, "rb") as fh:
+            head = fh.read(head_bytes)
+        if not ours(head):
+            raise InputError(f"exists and is not an earlier `longshort {command}` output; will not overwrite it "
+                             f"(move it or choose another {option})", path=str(p))
+    return p
+
+
+def starts_with(prefix: bytes) -> Callable[[bytes], bool]:
+    """`check_replaceable`'s test for a file format with a fixed opening (a PNG, a table header)."""
+    return lambda head: head.startswith(prefix)
+
+
+def first_record_has(*fields: str, whole: bool = False) -> Callable[[bytes], bool]:
+    """`check_replaceable`'s test for JSONL (the first line) or, with `whole`, one JSON document:
+    a JSON object holding every one of `fields`."""
+    def ours(head: bytes) -> bool:
+        try:
+            rec = json.loads((head if whole else head.split(b"\n", 1)[0]).decode("utf-8"))
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, a torn line
+            return False
+        return isinstance(rec, dict) and all(f in rec for f in fields)
+    return ours

@@ -211,3 +211,34 @@ def peak_rss_mb() -> float:
 
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return round(max(me.ru_maxrss, kids.ru_maxrss) / 1024, 1)  # Linux reports KiB
+
+
+class StagePeak:
+    """Peak resident memory of one stage: Linux's high-water mark (``VmHWM``) is reset when the
+    stage starts (``/proc/self/clear_refs``), so the figure is the stage's own, not the run's so
+    far; a child that finished during the stage (accelerate-launched training) counts when it
+    peaked higher. ``mb`` is None where ``/proc`` is missing or the reset is not allowed."""
+
+    def __init__(self) -> None:
+        import resource
+
+        self._kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.ok = True
+        except OSError:
+            self.ok = False
+
+    @property
+    def mb(self) -> float | None:
+        import resource
+
+        if not self.ok:
+            return None
+        try:
+            hwm = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                       if line.startswith("VmHWM:"))
+        except (OSError, StopIteration, ValueError):
+            return None
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        return round(max(hwm, kids if kids > self._kids else 0) / 1024, 1)  # KiB

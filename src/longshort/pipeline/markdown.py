@@ -72,7 +72,14 @@ def _header(ctx: RunContext, m: dict[str, Any]) -> list[str]:
             f"- training data: {m['data']['traces']} {cfg.data.source} traces"
             f"{' with planted importance' if m['data'].get('planted_truth') else ''}; stage times: "
             + ", ".join(f"{k} {v:.0f} s" for k, v in m["stage_seconds"].items() if v is not None)
-            + (f"; peak resident memory {m['peak_rss_mb']:,.0f} MB" if m.get("peak_rss_mb") else ""), ""]
+            + (f"; peak resident memory {m['peak_rss_mb']:,.0f} MB" if m.get("peak_rss_mb") else "")
+            + _stage_peaks(m.get("stage_peak_rss_mb") or {}), ""]
+
+
+def _stage_peaks(peaks: dict[str, Any]) -> str:
+    """Each stage's own peak resident memory (`StagePeak`), for the stages that recorded one."""
+    known = {k: v for k, v in peaks.items() if v}
+    return ("; by stage " + ", ".join(f"{k} {v:,.0f} MB" for k, v in known.items())) if known else ""
 
 
 def _headline(m: dict[str, Any]) -> list[str]:

@@ -168,6 +168,7 @@ def stage_report(ctx: RunContext) -> dict[str, Any]:
                "rl": s["rl"], "data": s["data"],
                "stage_seconds": {k: v.get("seconds") for k, v in manifest.get("stages", {}).items()},
                "peak_rss_mb": manifest.get("peak_rss_mb"),
+               "stage_peak_rss_mb": {k: v.get("peak_rss_mb") for k, v in manifest.get("stages", {}).items()},
                "environment": {k: manifest.get(k) for k in ("python", "platform", "cpu_count", "device", "git",
                                                             "packages")}}
     plots: dict[str, str] = {}

@@ -16,6 +16,7 @@ from longshort.pipeline.context import (
     Console,
     RunContext,
     Stage,
+    StagePeak,
     captured_output,
     cpu_seconds,
     peak_rss_mb,
@@ -171,7 +172,7 @@ def _run_stages(config: PipelineConfig, out: Path, resume: bool, console: Consol
         write_json_atomic(out / stage.name / STARTED, {"stage": stage.name, "fingerprint": fp})
         console.print(f"{tag}: {stage.description} …")
         print(f"\n===== stage {stage.name}", flush=True)
-        t0, c0 = time.time(), cpu_seconds()
+        t0, c0, peak = time.time(), cpu_seconds(), StagePeak()
         try:
             summary = stage.run(ctx)
         except BaseException:
@@ -182,7 +183,8 @@ def _run_stages(config: PipelineConfig, out: Path, resume: bool, console: Consol
         write_json_atomic(done_path, {"stage": stage.name, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
                                       "fingerprint": fp, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                       "summary": summary})
-        manifest["stages"][stage.name] = {"seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2)}
+        manifest["stages"][stage.name] = {"seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
+                                          "peak_rss_mb": peak.mb}
         manifest["peak_rss_mb"] = peak_rss_mb()
         write_json_atomic(manifest_path, manifest)
         figure = ""

@@ -23,13 +23,17 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 
 
 def check_model_spec(spec: str, *, what: str = "model") -> None:
-    """Fail early, with one clear line, on a local model directory that cannot be trained:
-    no ``config.json`` or no tokenizer files. Other specs are checked by `load_model`."""
+    """Fail early, with one clear line, on a spec that names no model (`models.spec_problem`, the
+    check the CLI makes) or a local model directory that cannot be trained: no ``config.json`` or
+    no tokenizer files."""
+    from longshort.models import spec_problem
+
+    why = spec_problem(spec)
+    if why:
+        raise LongshortError(f"{what}: {why}")
     path = Path(spec).expanduser()
     if not path.is_dir():
         return
-    if not (path / "config.json").exists():
-        raise LongshortError(f"{what} directory {path} has no config.json (not a transformers model)")
     if not any((path / f).exists() for f in _TOKENIZER_FILES):
         raise LongshortError(
             f"{what} directory {path} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); "

@@ -109,22 +109,13 @@ def _special_affixes(tok: Any) -> tuple[list[int], list[int]]:
     return [], []
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def trl_tokens(tok: Any, prompt: str, completion: str) -> tuple[list[int], list[int]]:
     """(input_ids, completion_mask) as TRL's `SFTTrainer` builds them for a standard
     prompt–completion example: ``tok(prompt)`` and ``tok(prompt + completion)`` (special tokens
     added as the tokenizer does), the completion starting where the two diverge."""
     p_ids = tok(prompt)["input_ids"]
     ids = tok(prompt + completion)["input_ids"]
-    n = _common_prefix(p_ids, ids)
+    n = len(os.path.commonprefix([p_ids, ids]))  # works on any sequences, lists of ids too
     return ids, [0] * n + [1] * (len(ids) - n)
 
 
