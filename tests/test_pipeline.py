@@ -309,3 +309,21 @@ def test_stage_peak_is_the_stages_own():
     top = peak.mb
     del held
     assert StagePeak().mb < top - 250  # the next stage starts from what is resident now
+
+
+def test_a_new_optional_field_keeps_finished_stages(monkeypatch):
+    """A release that adds a config field defaulting to None must not invalidate earlier runs' stages;
+    a field with a value changes the fingerprint."""
+    import copy
+
+    from longshort.pipeline.run import stage_fingerprint
+
+    cfg = load_config(ROOT / "configs" / "smoke.yaml")
+    score = next(s for s in STAGES if s.name == "score")
+    before = stage_fingerprint(cfg, score)
+    dumped = cfg.model_dump(mode="json")
+    for value, same in ((None, True), (3, False)):
+        patched = copy.deepcopy(dumped)
+        patched["score"]["a_new_option"] = value
+        monkeypatch.setattr(type(cfg), "model_dump", lambda self, _p=patched, **kw: _p)
+        assert (stage_fingerprint(cfg, score) == before) is same

@@ -19,7 +19,7 @@ import typer
 from longshort.cli.app import app, config_option
 from longshort.errors import InputError, LongshortError
 from longshort.training.rl_config import RLRunConfig
-from longshort.training.sft import SFTRunConfig
+from longshort.training.sft import LR_FULL, LR_LORA, SFTRunConfig
 
 MODEL_HELP = "model spec (smollm2-135m, tiny-random, a local model dir, a hub id)"
 
@@ -157,7 +157,7 @@ def sft(
     max_steps: int | None = config_option(SFTRunConfig, "max_steps", min=1, help="optimizer steps; the default -1 runs --epochs passes"),
     epochs: float | None = config_option(SFTRunConfig, "epochs", help="passes over the data"),
     lora: bool | None = config_option(SFTRunConfig, "lora", "--lora/--full", help="LoRA adapters (merged on save) or all weights"),
-    lr: float | None = config_option(SFTRunConfig, "lr", help="learning rate (default 1e-5 full, 2e-4 LoRA)"),
+    lr: float | None = config_option(SFTRunConfig, "lr", help=f"learning rate (default {LR_FULL:g} full, {LR_LORA:g} LoRA)"),
     batch_size: int | None = config_option(SFTRunConfig, "batch_size", min=1, help="examples per device per step"),
     grad_accum: int | None = config_option(SFTRunConfig, "grad_accum", min=1, help="gradient accumulation steps"),
     max_length: int | None = config_option(SFTRunConfig, "max_length", min=1, help="max tokens per example (longer ones are dropped and counted)"),

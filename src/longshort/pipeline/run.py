@@ -105,9 +105,19 @@ STAGES: list[Stage] = [
 STAGE_NAMES = [s.name for s in STAGES]
 
 
+def _drop_none(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _drop_none(v) for k, v in node.items() if v is not None}
+    if isinstance(node, list):
+        return [_drop_none(v) for v in node]
+    return node
+
+
 def stage_fingerprint(config: PipelineConfig, stage: Stage) -> str:
-    """A hash of the config sections (dotted paths) a stage's result depends on, plus the seed."""
-    dumped = config.model_dump(mode="json")
+    """A hash of the config sections (dotted paths) a stage's result depends on, plus the seed.
+    Fields that are None are left out, so a release that adds an optional field (None = unset)
+    does not invalidate the finished stages of earlier runs."""
+    dumped = _drop_none(config.model_dump(mode="json"))
 
     def get(path: str) -> Any:
         node: Any = dumped

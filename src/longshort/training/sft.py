@@ -50,6 +50,9 @@ from longshort.training.common import (
 log = logging.getLogger(__name__)
 
 
+LR_FULL, LR_LORA = 1e-5, 2e-4  # SFT learning rates when none is given: full-parameter, LoRA
+
+
 class SFTRunConfig(BaseModel):
     """One cold-start SFT run of one role."""
 
@@ -59,7 +62,8 @@ class SFTRunConfig(BaseModel):
     out: str = Field(description="output directory: the final model, checkpoints/ and logs")
     max_steps: int = Field(-1, description="stop after this many optimizer steps; -1 = run `epochs` epochs")
     epochs: float = Field(2.0, gt=0, description="passes over the data when max_steps is -1; 2 fits small cold-start sets")
-    lr: float | None = Field(None, gt=0, description="learning rate; None = 1e-5 full-parameter, 2e-4 LoRA (the usual choices)")
+    lr: float | None = Field(None, gt=0, description=f"learning rate; None = {LR_FULL:g} full-parameter, "
+                             f"{LR_LORA:g} LoRA (the usual choices)")
     batch_size: int = Field(4, ge=1, description="examples per device per step; 4 fits a 135M model on CPU")
     grad_accum: int = Field(1, ge=1, description="gradient accumulation steps (effective batch = batch_size * grad_accum * devices)")
     max_length: int = Field(4096, ge=16, description="tokens per example (prompt + turn + EOS); longer examples are "
@@ -180,7 +184,7 @@ def make_trainer(config: SFTRunConfig, records: list[dict[str, Any]] | None = No
     """Build the TRL `SFTTrainer` for `config` (model, tokenised data, LoRA, arguments)."""
     from trl import SFTConfig, SFTTrainer
 
-    lr = config.lr or (2e-4 if config.lora else 1e-5)
+    lr = config.lr or (LR_LORA if config.lora else LR_FULL)
     out = Path(config.out)
     args = SFTConfig(**trainer_arguments(SFTConfig, dict(
         output_dir=str(out / "checkpoints"),
