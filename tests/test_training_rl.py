@@ -194,6 +194,15 @@ def test_alternation_writes_each_iteration_and_swaps_partners(models, tmp_path, 
     assert (out / "iter2_short" / "model.safetensors").stat().st_mtime_ns == stamp
 
 
+def test_groups_form_over_the_generation_batch():
+    """TRL generates batch_size x grad_accum dialogues at once: that product must hold whole groups,
+    so a CPU run can take 2 dialogues per forward pass with 4 per group."""
+    base = dict(long="tiny-random", short="tiny-random", data="p.jsonl", out="o", num_generations=4)
+    RLRunConfig(batch_size=2, grad_accum=16, **base)
+    with pytest.raises(ValueError, match=r"2 x 1 = 2 dialogues generated together\) must be a multiple of num_gen"):
+        RLRunConfig(batch_size=2, grad_accum=1, **base)
+
+
 def test_bad_inputs_are_clear_errors(tmp_path, problems_file):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

@@ -51,7 +51,7 @@ from longshort.training.common import (
 )
 from longshort.training.partner_server import PartnerServer, check_partner_server, managed_partner
 from longshort.training.policy_decode import PolicyTurn, policy_generate
-from longshort.training.rl_config import OTHER, RLRunConfig
+from longshort.training.rl_config import OTHER, RLRunConfig, generation_batch_problem
 from longshort.training.rl_problems import keep_intermediate, load_problems, problems_dataset, solve_rates
 from longshort.training.rl_scoring import RolloutScorer, reward_functions
 from longshort.training.rollout import DialogueRollout
@@ -116,9 +116,9 @@ def make_trainer(config: RLRunConfig, role: Role, policy_spec: str, partner: Eng
     ``trainer.rollout_func.filter_stats``."""
     from trl import GRPOConfig, GRPOTrainer
 
-    if config.batch_size % config.num_generations:
-        raise LongshortError(f"batch_size ({config.batch_size}) must be a multiple of num_generations "
-                             f"({config.num_generations})")
+    why = generation_batch_problem(config.batch_size, config.grad_accum, config.num_generations)
+    if why:
+        raise LongshortError(why)
     funcs = reward_funcs if reward_funcs is not None else reward_functions(config.rewards)
     weights = reward_weights if reward_weights is not None else (
         config.rewards.weights() if reward_funcs is None else None)
@@ -163,7 +163,8 @@ def _filter_problems(config: RLRunConfig, role: Role, partner: Engine, ckpt_dir:
     if rates is None:
         torch.manual_seed(config.seed)
         probe = DialogueRollout(role, partner, config.dialogue, temperature=config.temperature, top_p=config.top_p)
-        rates = solve_rates(probe, problems, model, tok, samples=samples, batch_dialogues=config.batch_size)
+        rates = solve_rates(probe, problems, model, tok, samples=samples,
+                            batch_dialogues=config.batch_size * config.grad_accum)
         if is_main_process():
             write_json_atomic(cache, {"ids": ids, "samples": samples, "rates": rates})
     per_step = max(1, config.batch_size * config.grad_accum // config.num_generations)

@@ -18,6 +18,18 @@ from longshort.training.common import Precision
 OTHER: dict[str, Role] = {"long": "short", "short": "long"}
 
 
+def generation_batch_problem(batch_size: int, grad_accum: int, num_generations: int) -> str | None:
+    """Why these settings cannot form GRPO groups (None when they can): TRL generates
+    batch_size x grad_accum dialogues per device at once (``steps_per_generation`` =
+    grad_accum), which must hold whole groups of num_generations, since GRPO compares the
+    dialogues of one problem."""
+    if (batch_size * grad_accum) % num_generations:
+        return (f"batch_size x grad_accum ({batch_size} x {grad_accum} = {batch_size * grad_accum} dialogues "
+                f"generated together) must be a multiple of num_generations ({num_generations}): GRPO compares "
+                "the dialogues of one problem")
+    return None
+
+
 class RLRunConfig(BaseModel):
     """A multi-turn RL run: K alternating iterations, each training one role against the frozen other."""
 
@@ -31,9 +43,11 @@ class RLRunConfig(BaseModel):
     epochs: float = Field(1.0, gt=0, description="passes over the problems per iteration when max_steps is -1")
     num_generations: int = Field(4, ge=2, description="dialogues per problem (the GRPO group); 4 keeps CPU runs small, "
                                  "8 is common on GPUs")
-    batch_size: int = Field(32, ge=1, description="dialogues per device per optimizer step (a multiple of "
-                            "num_generations): 32 = 8 problems x 4, so a step averages over enough problems "
-                            "to carry signal")
+    batch_size: int = Field(32, ge=1, description="dialogues per device per forward pass (TRL's "
+                            "per_device_train_batch_size); batch_size x grad_accum dialogues are generated together "
+                            "and make one optimizer step, a multiple of num_generations: 32 = 8 problems x 4, so a "
+                            "step averages over enough problems to carry signal. On CPU, 4 x 8 holds a third of "
+                            "the memory of 32 x 1")
     grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
     lr: float = Field(1e-6, gt=0, description="learning rate; 1e-6 is TRL's GRPO default for full-parameter RL")
     lr_scheduler_type: Literal["constant", "linear", "cosine", "constant_with_warmup"] = Field(
@@ -93,7 +107,8 @@ class RLRunConfig(BaseModel):
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept per iteration")
     logging_steps: int = Field(1, ge=1, description="log rewards/accuracy/tokens every N steps (1: RL steps are slow)")
     precision: Precision = Field("auto", description="auto = bf16 on a CUDA GPU that has it, else fp32")
-    gradient_checkpointing: bool = Field(False, description="save memory on long dialogues (GPU runs)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory "
+                                         "on long dialogues for about a third more compute (the CPU recipes use it)")
     report_to: str = Field("tensorboard", description="tensorboard (default), wandb, 'tensorboard,wandb' or none")
     resume: bool = Field(False, description="skip finished iterations and continue the current one from its newest "
                          "checkpoint")
@@ -105,9 +120,9 @@ class RLRunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _whole_groups(self) -> RLRunConfig:
-        if self.batch_size % self.num_generations:
-            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of num_generations "
-                             f"({self.num_generations}): GRPO compares the dialogues of one problem")
+        why = generation_batch_problem(self.batch_size, self.grad_accum, self.num_generations)
+        if why:
+            raise ValueError(why)
         return self
 
     def schedule(self) -> list[Role]:

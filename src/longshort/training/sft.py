@@ -78,7 +78,8 @@ class SFTRunConfig(BaseModel):
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept; 2 = the newest plus one in case it is torn")
     logging_steps: int = Field(10, ge=1, description="log loss / lr every N steps")
     precision: Precision = Field("auto", description=PRECISION_HELP)
-    gradient_checkpointing: bool = Field(False, description="trade compute for memory on long sequences (GPU runs)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: about a third "
+                                         "more compute for much less memory (the CPU recipes use it)")
     report_to: str = Field("tensorboard", description="tensorboard (default), wandb, 'tensorboard,wandb' or none")
     resume: bool = Field(False, description="continue from the newest checkpoint in OUT/checkpoints (or skip if finished)")
     skip_bad: bool = Field(False, description="skip and count malformed records instead of stopping")
