@@ -68,6 +68,7 @@ def _write(tmp_path: Path, text: str) -> Path:
     ("name: x\ndata:\n  eval:\n    - {name: synthetic, limit: 0}\n", "data.eval.0.limit", "greater than"),
     ("name: x\nmodels:\n  engine: tensorflow\n", "models.engine", "transformers"),
     ("name: x\neval:\n  collab:\n    max_turns: 0\n", "eval.collab.max_turns", "greater than"),
+    ("name: x\ndata:\n  train: 10000000000\n", "data.train", "less than or equal to 1000000"),
 ])
 def test_config_errors_name_file_and_field(tmp_path, text, field, words):
     p = _write(tmp_path, text)

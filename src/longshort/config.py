@@ -108,8 +108,9 @@ class DataConfig(_Strict):
 
     source: Literal["synthetic", "file"] = Field("synthetic", description="planted-importance task "
                                                  "(known truth, measurable) or a long-CoT JSONL file")
-    train: int = Field(64, ge=1, description="synthetic traces to generate (source 'synthetic'), or "
-                       "the most traces read from the file")
+    train: int = Field(64, ge=1, le=1_000_000, description="synthetic traces to generate (source "
+                       "'synthetic'), or the most traces read from the file (at most a million: a larger "
+                       "number is a typo, and the synthetic task would fill the disk first)")
     synthetic: SynthConfig = Field(default_factory=SynthConfig, description="knobs of the synthetic task")
     traces: Path | None = Field(None, description="long-CoT JSONL (source 'file'): "
                                 "{id?, problem, answer, response}")
