@@ -305,3 +305,38 @@ def test_episode_reference_is_read_and_scored():
     prf = boundary_prf(pred, [ref for _, ref in pairs], tolerance=1)
     # fine-grained episodes: precision high, recall limited by the coarser granularity
     assert prf["precision"] > 0.6 and prf["f1"] > 0.4, prf
+
+
+def test_segment_windows_slide_exactly():
+    """The segment chunker's sliding windows (linear in the trace) give what recomputing every
+    window from scratch gives: the block-shift cosine and the novelty against the steps before."""
+    import math
+    import random
+    from collections import Counter
+
+    from longshort.thoughts.segment import _block_shift, _Window
+
+    rng = random.Random(3)
+    for _ in range(60):
+        n, win = rng.randint(1, 40), rng.randint(1, 9)
+        toks = [set(rng.sample("abcdefghijklmnop", rng.randint(0, 6))) for _ in range(n)]
+        raw = [0.0] * n
+        for j in range(1, n):
+            a = Counter(w for t in toks[max(0, j - win):j] for w in t)
+            b = Counter(w for t in toks[j:j + win] for w in t)
+            na, nb = math.sqrt(sum(v * v for v in a.values())), math.sqrt(sum(v * v for v in b.values()))
+            raw[j] = 1.0 - (sum(v * b[k] for k, v in a.items()) / (na * nb) if na and nb else 0.0)
+        vals = raw[1:]
+        if len(vals) >= 3:
+            mu = sum(vals) / len(vals)
+            sd = math.sqrt(sum((v - mu) ** 2 for v in vals) / len(vals)) or 1.0
+            want = [0.0] + [0.5 * max(-1.0, min(2.0, (v - mu) / sd)) for v in vals]
+        else:
+            want = [0.0] * n
+        assert _block_shift(toks, win, 0.5) == pytest.approx(want, abs=1e-12)
+        before = _Window()
+        for j in range(1, n):
+            before.add(toks[j - 1])
+            if j - 1 - win >= 0:
+                before.remove(toks[j - 1 - win])
+            assert set(before.counts) == set().union(*toks[max(0, j - win):j])

@@ -263,14 +263,17 @@ def boundary_evidence(steps: Sequence[str], problem: str = "", cfg: SegmentConfi
     used: set[str] = set()
     seen_eq: set[str] = set()
     ev: list[float] = [0.0] * n
+    before = _Window()  # the words of the `win` steps before j, slid along (linear in the trace)
     for j, s in enumerate(steps):
         cat, strength = cues[j]
         e = strength
         if j > 0:
             prev = steps[j - 1].rstrip()
-            before: set[str] = set().union(*toks[max(0, j - win):j])
+            before.add(toks[j - 1])
+            if j - 1 - win >= 0:
+                before.remove(toks[j - 1 - win])
             if toks[j]:
-                novelty = len(toks[j] - before) / len(toks[j])
+                novelty = sum(1 for t in toks[j] if t not in before.counts) / len(toks[j])
                 # a 2-word step says little about a topic shift: trust novelty by its length
                 e += cfg.shift_weight * (novelty - 0.45) * min(1.0, len(toks[j]) / 6)
             e += block[j]
@@ -308,24 +311,58 @@ def boundary_evidence(steps: Sequence[str], problem: str = "", cfg: SegmentConfi
     return ev, [c for c, _ in cues]
 
 
+class _Window:
+    """Word counts of a sliding window of steps, with their squared norm and the dot product
+    with a partner window, kept up to date one word at a time (integers, so exact)."""
+
+    def __init__(self, partner: _Window | None = None) -> None:
+        self.counts: dict[str, int] = {}
+        self.sq = 0
+        self.dot = 0
+        self.partner = partner
+
+    def _bump(self, word: str, d: int) -> None:
+        v = self.counts.get(word, 0)
+        self.sq += 2 * v * d + 1  # (v + d)^2 - v^2 for d = +-1
+        if self.partner is not None:
+            w = self.partner.counts.get(word, 0)
+            self.dot += d * w
+            self.partner.dot = self.dot
+        if v + d:
+            self.counts[word] = v + d
+        else:
+            del self.counts[word]
+
+    def add(self, words: set[str]) -> None:
+        for w in words:
+            self._bump(w, 1)
+
+    def remove(self, words: set[str]) -> None:
+        for w in words:
+            self._bump(w, -1)
+
+
 def _block_shift(toks: Sequence[set[str]], win: int, weight: float) -> list[float]:
     """TextTiling-style evidence: how much less the `win` steps after j share words with the
-    `win` steps before j than is usual in this trace (z-score of 1 - cosine, clipped)."""
-    from collections import Counter
-
+    `win` steps before j than is usual in this trace (z-score of 1 - cosine, clipped). Both
+    windows slide one step at a time, so a trace costs time linear in its words."""
     n = len(toks)
     raw = [0.0] * n
+    a = _Window()
+    b = _Window(partner=a)
+    a.partner = b
+    for t in toks[0:win]:
+        b.add(t)
     for j in range(1, n):
-        a: Counter[str] = Counter()
-        b: Counter[str] = Counter()
-        for t in toks[max(0, j - win):j]:
-            a.update(t)
-        for t in toks[j:j + win]:
-            b.update(t)
-        dot = sum(v * b[k] for k, v in a.items())
-        na = math.sqrt(sum(v * v for v in a.values()))
-        nb = math.sqrt(sum(v * v for v in b.values()))
-        raw[j] = 1.0 - (dot / (na * nb) if na and nb else 0.0)
+        # a: steps [j - win, j); b: steps [j, j + win)
+        a.add(toks[j - 1])
+        if j - 1 - win >= 0:
+            a.remove(toks[j - 1 - win])
+        b.remove(toks[j - 1])
+        if j + win - 1 < n:
+            b.add(toks[j + win - 1])
+        na, nb = math.sqrt(a.sq), math.sqrt(b.sq)
+        raw[j] = 1.0 - (a.dot / (na * nb) if na and nb else 0.0)
     vals = raw[1:]
     if len(vals) < 3:
         return [0.0] * n
