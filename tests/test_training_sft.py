@@ -219,3 +219,23 @@ def test_trainer_mapping_passes_trl_arguments_and_refuses_typos_and_ours(tmp_pat
                  "--config", str(cfg_file)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "trainer.wieght_decay" in err[0], err
+
+
+def test_model_init_kwargs_reach_from_pretrained(tmp_path):
+    """`model_init_kwargs` (TRL's name) choose the attention backend and the weights' dtype; a
+    placement key, an unknown dtype and `trainer.model_init_kwargs` are refused before loading."""
+    import torch
+    from pydantic import ValidationError
+
+    data = _write(tmp_path / "long.jsonl", _records())
+    trainer = make_trainer(_config(tmp_path, data, model_init_kwargs={"attn_implementation": "eager",
+                                                                      "dtype": "bfloat16"}))
+    assert trainer.model.config._attn_implementation == "eager"
+    assert next(trainer.model.parameters()).dtype == torch.bfloat16
+    assert next(make_trainer(_config(tmp_path, data)).model.parameters()).dtype == torch.float32
+    for bad, needle in (({"device_map": "auto"}, "model_init_kwargs.device_map"),
+                        ({"dtype": "float8"}, "unknown dtype")):
+        with pytest.raises(ValidationError, match=needle):
+            _config(tmp_path, data, model_init_kwargs=bad)
+    with pytest.raises(LongshortError, match=r"trainer\.model_init_kwargs: set `model_init_kwargs` instead"):
+        make_trainer(_config(tmp_path, data, trainer={"model_init_kwargs": {"dtype": "bfloat16"}}))

@@ -265,11 +265,13 @@ def precision_dtype(precision: str | None = "auto", device: Any = None) -> Any:
     return getattr(torch, _PRECISION_DTYPES[resolve_precision(precision, device)])
 
 
-def load_model(spec: str, *, dtype: Any = None, device: str | None = None) -> tuple[Any, Any]:
+def load_model(spec: str, *, dtype: Any = None, device: str | None = None, **init_kwargs: Any
+               ) -> tuple[Any, Any]:
     """Load `(model, tokenizer)` for a spec, in eval mode, on `device` (default: cuda if present).
 
     dtype: None = `precision_dtype("auto", device)` (bf16 where the device has it natively, else
-    fp32); a dtype, a name (float32, bf16, ...) or "auto" (the checkpoint's own dtype)."""
+    fp32); a dtype, a name (float32, bf16, ...) or "auto" (the checkpoint's own dtype).
+    init_kwargs: more ``from_pretrained`` arguments (``attn_implementation``, ...)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -281,7 +283,7 @@ def load_model(spec: str, *, dtype: Any = None, device: str | None = None) -> tu
     if dt is None:
         dt = precision_dtype("auto", device)
     try:
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dt)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dt, **init_kwargs)
     except (OSError, ValueError) as exc:
         raise _hub_error(spec, exc, where) from exc
     tok = _finish_tokenizer(_auto_tokenizer(where, spec))

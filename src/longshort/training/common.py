@@ -40,13 +40,18 @@ def check_model_spec(spec: str, *, what: str = "model") -> None:
             "save the tokenizer next to the model (tokenizer.save_pretrained(dir))")
 
 
-def load_for_training(spec: str, *, what: str = "model") -> tuple[Any, Any]:
-    """(model, tokenizer) in float32 on CPU, ready for a TRL trainer (which moves it to the
-    accelerator's device and handles mixed precision itself)."""
+def load_for_training(spec: str, *, what: str = "model", init_kwargs: dict[str, Any] | None = None
+                      ) -> tuple[Any, Any]:
+    """(model, tokenizer) on CPU, ready for a TRL trainer (which moves it to the accelerator's
+    device and handles mixed precision itself): float32 unless `init_kwargs` (the run config's
+    `model_init_kwargs`, TRL's name) says otherwise; its other keys (``attn_implementation``, ...)
+    go to ``from_pretrained``."""
     from longshort.models import load_model
 
     check_model_spec(spec, what=what)
-    model, tok = load_model(spec, dtype="float32", device="cpu")
+    kwargs = dict(init_kwargs or {})
+    dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", "float32"))
+    model, tok = load_model(spec, dtype=dtype, device="cpu", **kwargs)
     model.train()
     if tok.pad_token_id is None:  # load_model promises one; keep the trainer safe anyway
         tok.pad_token = tok.eos_token
@@ -80,7 +85,8 @@ OUR_NAMES = {"output_dir": "out", "max_steps": "max_steps", "num_train_epochs": 
              "bf16": "precision", "fp16": "precision", "use_cpu": "precision", "num_generations": "num_generations",
              "lr_scheduler_type": "lr_scheduler_type", "beta": "beta", "epsilon": "epsilon",
              "temperature": "temperature", "top_p": "top_p", "max_completion_length": "dialogue",
-             "mask_truncated_completions": "mask_truncated_completions", "reward_weights": "rewards"}
+             "mask_truncated_completions": "mask_truncated_completions", "reward_weights": "rewards",
+             "model_init_kwargs": "model_init_kwargs"}
 
 
 def shared_arguments(config: Any) -> dict[str, Any]:
@@ -90,7 +96,8 @@ def shared_arguments(config: Any) -> dict[str, Any]:
                 warmup_steps=config.warmup, logging_steps=config.logging_steps, save_steps=config.save_steps,
                 save_total_limit=config.save_total_limit, report_to=report_targets(config.report_to),
                 seed=config.seed, **precision_flags(config.precision),
-                gradient_checkpointing=config.gradient_checkpointing)  # TRL defaults to True; ours is explicit
+                gradient_checkpointing=config.gradient_checkpointing,  # TRL defaults to True; ours is explicit
+                model_init_kwargs=None)  # we build the model (`load_for_training` takes config.model_init_kwargs)
 
 
 def trainer_arguments(config_cls: type, ours: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -200,3 +207,27 @@ def barrier() -> None:
         from accelerate import PartialState
 
         PartialState().wait_for_everyone()
+
+
+MODEL_INIT_HELP = ("keyword arguments for the model's from_pretrained, as TRL's model_init_kwargs: e.g. "
+                   "{attn_implementation: sdpa} or {dtype: bfloat16} (weights and optimizer state then in bf16, "
+                   "half the memory; the default float32 keeps fp32 master weights under `precision: bf16`)")
+_NOT_INIT_KWARGS = ("device_map", "device", "quantization_config", "pretrained_model_name_or_path")
+
+
+def check_init_kwargs(value: dict[str, Any]) -> dict[str, Any]:
+    """`model_init_kwargs` of a run config: string keys; a dtype longshort knows; no placement
+    keys (the trainer places the model)."""
+    from longshort.models import _torch_dtype
+
+    for key, v in value.items():
+        if not isinstance(key, str):
+            raise ValueError(f"model_init_kwargs keys must be strings (got {key!r})")
+        if key in _NOT_INIT_KWARGS:
+            raise ValueError(f"model_init_kwargs.{key}: the trainer places and loads the model; not settable here")
+        if key in ("dtype", "torch_dtype"):
+            try:
+                _torch_dtype(v)
+            except LongshortError as exc:
+                raise ValueError(f"model_init_kwargs.{key}: {exc}") from None
+    return value

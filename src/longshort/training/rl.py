@@ -124,7 +124,7 @@ def make_trainer(config: RLRunConfig, role: Role, policy_spec: str, partner: Eng
         config.rewards.weights() if reward_funcs is None else None)
     scorer = RolloutScorer(funcs, weights, metrics={"correctness_reward": "accuracy"} if reward_funcs is None else {})
     args = GRPOConfig(**grpo_arguments(config, ckpt_dir, scorer.weights))
-    model, tok = load_for_training(policy_spec, what=f"{role} model")
+    model, tok = load_for_training(policy_spec, what=f"{role} model", init_kwargs=config.model_init_kwargs)
     rollout_args = dict(temperature=config.temperature, top_p=config.top_p, scorer=scorer,
                         dynamic_sampling=config.dynamic_sampling, dynamic_max_rounds=config.dynamic_max_rounds,
                         seed=config.seed)

@@ -27,16 +27,18 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from longshort.engines.base import render_chat
 from longshort.errors import InputError, LongshortError
 from longshort.io import ReadStats, read_jsonl, write_json_atomic
 from longshort.rundir import environment_manifest
 from longshort.training.common import (
+    MODEL_INIT_HELP,
     PRECISION_HELP,
     Precision,
     barrier,
+    check_init_kwargs,
     is_finished,
     is_main_process,
     last_checkpoint,
@@ -88,6 +90,12 @@ class SFTRunConfig(BaseModel):
     trainer: dict[str, Any] = Field(default_factory=dict, description="more TRL SFTConfig arguments, passed as "
                                     "they are (e.g. {weight_decay: 0.01, lr_scheduler_type: cosine}); a key "
                                     "SFTConfig lacks, or one a field here sets, is refused before the model loads")
+    model_init_kwargs: dict[str, Any] | None = Field(None, description=MODEL_INIT_HELP)
+
+    @field_validator("model_init_kwargs")
+    @classmethod
+    def _init_kwargs(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if v is None else check_init_kwargs(v)
 
 
 def _messages(value: Any, path: str, line: int) -> list[dict[str, str]]:
@@ -198,7 +206,7 @@ def make_trainer(config: SFTRunConfig, records: list[dict[str, Any]] | None = No
     ), config.trainer))
     records = records if records is not None else load_sft_records(config.data, config.role,
                                                                    skip_bad=config.skip_bad)
-    model, tok = load_for_training(config.model)
+    model, tok = load_for_training(config.model, init_kwargs=config.model_init_kwargs)
     dataset, dropped = build_dataset(tok, records, max_length=config.max_length, add_eos=config.add_eos)
     peft_config = None
     if config.lora:
