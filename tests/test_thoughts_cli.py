@@ -117,3 +117,29 @@ def test_synth_and_coldstart_option_errors(tmp_path, capsys):
     assert "--num-ops" in capsys.readouterr().err
     assert main(["coldstart", "--input", "x", "--out", str(tmp_path), "--threshold", "0.1", "--ratio", "0.5"]) == 1
     assert "not both" in capsys.readouterr().err
+
+
+def test_score_shards_split_the_traces_exactly(tmp_path, capsys):
+    """`--shard K/N` (one process per GPU): every trace is scored in exactly one shard, the same
+    as an unsharded run; a malformed shard is one line before any model loads."""
+    synth, chunks = tmp_path / "s.jsonl", tmp_path / "c.jsonl"
+    assert main(["synth", "--n", "5", "--seed", "2", "--num-ops", "1", "--fixed-ops", "--redundancy", "1",
+                 "--out", str(synth)]) == 0
+    assert main(["chunk", "--input", str(synth), "--out", str(chunks), "--method", "gold"]) == 0
+    args = ["score", "--input", str(chunks), "--model", "tiny-random", "--estimator", "forced"]
+    assert main(args + ["--out", str(tmp_path / "all.jsonl")]) == 0
+    whole = {r["id"]: r["thoughts"] for r in _rows(tmp_path / "all.jsonl")}
+    parts = []
+    for k in range(2):
+        assert main(args + ["--out", str(tmp_path / f"p{k}.jsonl"), "--shard", f"{k}/2"]) == 0
+        parts.append({r["id"]: r["thoughts"] for r in _rows(tmp_path / f"p{k}.jsonl")})
+    assert [len(p) for p in parts] == [3, 2] and not set(parts[0]) & set(parts[1])
+    merged = {**parts[0], **parts[1]}
+    assert merged.keys() == whole.keys()
+    for rid, thoughts in whole.items():  # the same scores as one process (batches differ: up to float order)
+        assert [t["acc"] for t in merged[rid]] == pytest.approx([t["acc"] for t in thoughts], rel=1e-4)
+    capsys.readouterr()
+    for bad in ("2/2", "1", "a/b", "-1/3"):
+        assert main(args + ["--out", str(tmp_path / "x.jsonl"), "--shard", bad]) == 1
+        assert "--shard" in capsys.readouterr().err
+    assert not (tmp_path / "x.jsonl").exists()

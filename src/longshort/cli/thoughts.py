@@ -240,6 +240,10 @@ def score(
     seed: int | None = config_option(ImportanceConfig, "seed", help="Base seed of rollouts."),
     max_context: int | None = typer.Option(None, min=1, help="Model context in tokens (default: from the model)."),
     limit: int | None = typer.Option(None, min=1, help="Score only the first N traces."),
+    shard: str | None = typer.Option(None, help="K/N: score only traces K, K+N, K+2N, ... (K from 0), for N "
+                                     "processes in parallel, e.g. one per GPU with CUDA_VISIBLE_DEVICES=K, each "
+                                     "with its own --out; every trace lands in exactly one output, so "
+                                     "concatenating them gives the whole set."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print rollouts and estimated generated tokens, then stop."),
     pilot: int = typer.Option(0, min=0, help="--dry-run: load the model and run the rollouts of this many "
                               "prefixes (spread over the input) to measure tokens per rollout; 0 = assume every "
@@ -255,6 +259,7 @@ def score(
     from longshort.thoughts.scoring import iter_score
 
     _check_engine(engine, base_url, model)
+    part = parse_shard(shard) if shard is not None else None
     existing = _check_out(input, out, SCORE_FIELDS, skip_bad)
     try:
         cfg = ImportanceConfig(**given(
@@ -274,6 +279,8 @@ def score(
     _skipped_note(stats)
     if limit is not None:
         records = records[:limit]
+    if part is not None:
+        records = records[part[0]::part[1]]
     done_ids: set[str] = set()
     if resume and out.exists():
         done_ids = existing.done_ids  # read-only: a dry run changes nothing
@@ -318,6 +325,21 @@ def score(
     typer.echo(describe_actual(cost, toks))
     if flags:
         typer.echo("flags: " + ", ".join(f"{k}={v}" for k, v in flags.most_common()))
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    """``--shard K/N`` as (K, N), 0 <= K < N; anything else is a one-line error.
+
+    >>> parse_shard("1/4")
+    (1, 4)
+    """
+    k, sep, n = value.partition("/")
+    if not sep or not k.strip().isdigit() or not n.strip().isdigit() or len(value) > 20:
+        raise InputError(f"expected K/N with whole numbers, e.g. 0/4 (got {value!r})", field="--shard")
+    kk, nn = int(k), int(n)
+    if nn < 1 or kk >= nn:
+        raise InputError(f"need 0 <= K < N (got {value!r})", field="--shard")
+    return kk, nn
 
 
 # --------------------------------------------------------------------------- coldstart
