@@ -21,6 +21,7 @@ import pytest
 from longshort.dialogue.collab import CollabConfig
 from longshort.engines.hf import HFEngine
 from longshort.serve import ServeConfig, create_app
+from longshort.serve.app import uvicorn_config
 from longshort.serve.handlers import model_context
 
 COLLAB = CollabConfig(max_turns=2, max_new_tokens_long=8, max_new_tokens_short=8, temperature=0.0)
@@ -38,7 +39,7 @@ def running(engine, **config):
     app = create_app(engine, engine, ServeConfig(collab=COLLAB, **config))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, log_level="warning"))  # as `longshort serve` runs it
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 60
@@ -288,3 +289,38 @@ def test_requests_refused_by_validation_do_not_touch_the_batch(base):
         rs = [f.result() for f in [pool.submit(c) for c in calls]]
     assert [r.status_code for r in rs] == [200, 400, 400, 400, 200, 200], [r.text[:200] for r in rs]
     assert httpx.get(f"{base}/health", timeout=30).json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("headers", [b"Content-Length: abc\r\n", b"Content-Length: 5\r\nContent-Length: 7\r\n"])
+def test_a_request_the_parser_refuses_gets_a_json_400(base, headers):
+    """A malformed Content-Length never reaches the app; uvicorn's own 400 still carries the API's
+    JSON error body, and the server goes on serving."""
+    import json
+
+    reply = _raw(base, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + headers
+                 + b"Content-Type: application/json\r\n\r\n{}")
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head.lower()
+    err = json.loads(body)["error"]
+    assert err["code"] == "malformed_http_request" and err["type"] == "invalid_request_error"
+    assert httpx.get(f"{base}/health", timeout=30).status_code == 200
+
+
+def test_serve_runs_with_the_json_error_protocol(monkeypatch, engine):
+    import uvicorn
+
+    from longshort.serve.app import serve
+    from longshort.serve.http import JSONErrorH11Protocol
+
+    seen = {}
+
+    class _Server:
+        def __init__(self, config):
+            seen["http"] = config.http
+
+        def run(self):
+            seen["ran"] = True
+
+    monkeypatch.setattr(uvicorn, "Server", _Server)
+    serve(engine, engine, port=0)
+    assert seen == {"http": JSONErrorH11Protocol, "ran": True}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -104,6 +105,16 @@ def create_app(long_engine: Engine, short_engine: Engine, config: ServeConfig | 
     return app
 
 
+def uvicorn_config(app: FastAPI, **kwargs: Any) -> Any:
+    """The uvicorn settings the server runs with (`serve`; tests start it the same way): its
+    parser-level errors in the API's JSON error format (`serve.http`)."""
+    import uvicorn
+
+    from longshort.serve.http import JSONErrorH11Protocol
+
+    return uvicorn.Config(app, http=JSONErrorH11Protocol, **kwargs)
+
+
 def serve(long_engine: Engine, short_engine: Engine, config: ServeConfig | None = None, *,
           host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
     """Run the server with uvicorn until interrupted.
@@ -116,4 +127,4 @@ def serve(long_engine: Engine, short_engine: Engine, config: ServeConfig | None 
     if config.allowed_hosts is None and not is_loopback(host):
         config = config.model_copy(update={"allowed_hosts": ["*"]})
     app = create_app(long_engine, short_engine, config)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level=log_level)).run()
