@@ -3,8 +3,9 @@
 The same problems (first 32 of GSM8K test), the same engine object(s), the same CollabConfig
 and seeds are solved twice:
 
-- batched:    `solve_problems(all problems)`: every step sends all dialogues waiting on one
-              role to that role's engine in one `generate` call;
+- batched:    `solve_problems(all problems)`: one engine session (`Engine.open_session`) for
+              all dialogues; with the transformers engine that is continuous batching (a
+              dialogue's next turn joins the running decode batch as soon as its turn ends);
 - sequential: `solve_problems([problem])` for each problem in turn.
 
 It prints generated tokens, wall time and generated tokens/s for both, the ratio (target ≥ 6×, issue 14),

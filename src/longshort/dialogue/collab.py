@@ -1,10 +1,15 @@
 """The collaborative solver: the batched two-model dialogue loop (DESIGN §4).
 
-`iter_solve` plays many dialogues at once, side by side instead of one at a time. At each step
-every active dialogue is sent, with its next turn, to that role's engine in one `generate` call
-per engine (the engine batches them): when one model plays both roles (one engine), the long
-turns of some dialogues and the short turns of others decode in the same batch; the batch is
-refilled from the queue as dialogues finish. The long model speaks first; a dialogue ends when
+`iter_solve` plays many dialogues at once, side by side instead of one at a time, through one
+session per engine (`Engine.open_session`): every active dialogue's next turn is added to its
+role's session, and when a turn comes back it is parsed, the dialogue advances and its next
+turn (or, once it ends, a new dialogue from the queue) is added at once. When one model plays
+both roles (one engine), the long turns of some dialogues and the short turns of others decode
+in the same batch. With the transformers engine a session step is one decode step and turns
+join the running batch as others finish (continuous batching): no turn waits for the longest
+turn of a batch before its dialogue goes on (the batch still thins out when the dialogues left
+have nothing to send, e.g. when none are queued); engines without it run each step's turns in one `generate` call (the turns waiting on that
+engine then go together, turn by turn). The long model speaks first; a dialogue ends when
 the short model closes with ``</answer>``, after `max_turns` long turns, or when a turn hits its
 token limit. A dialogue that ends without a final answer is graded on the last boxed answer
 seen (`protocol.final_answer`) and flagged.
@@ -41,7 +46,7 @@ from longshort.dialogue.protocol import (
     parse_turn,
     render_input,
 )
-from longshort.engines.base import Engine, GenerationRequest, SamplingParams
+from longshort.engines.base import Engine, GenerationRequest, GenerationResult, SamplingParams
 from longshort.errors import InputError
 
 Mode = Literal["collab", "long", "short"]
@@ -276,29 +281,25 @@ def turn_limit(role: Role, config: CollabConfig, mode: str = "collab") -> int:
     return config.max_new_tokens_long if role == "long" else config.max_new_tokens_short
 
 
-def _step(waiting: list[tuple[Role, _Dialogue]], engine: Engine, mode: str, config: CollabConfig) -> None:
-    """One batched generation call: the next turn of every dialogue in `waiting`, each on its
-    own role (one engine serves both roles when one model plays both: one batch for all)."""
-    solo = mode != "collab"
-    requests = []
-    for role, d in waiting:
-        messages, prefix = render_input(role, d.problem["problem"], d.turns, open_tag=config.force_open_tag,
-                                        solo=solo)
-        params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
-                                max_new_tokens=turn_limit(role, config, mode), stop=turn_stops(role, config, mode),
-                                n=1, seed=_turn_seed(config.seed, d.rid, len(d.turns)))
-        requests.append(GenerationRequest(messages=messages, assistant_prefix=prefix, params=params,
-                                          meta={"id": d.rid, "role": role, "turn": len(d.turns)}))
-    results = engine.generate(requests)
-    if len(results) != len(requests):
-        raise RuntimeError(f"engine returned {len(results)} results for {len(requests)} requests")
-    parse = parse_solo if solo else parse_turn
-    for (role, d), res in zip(waiting, results, strict=True):
-        c = res.completions[0]
-        forced = OPEN_TAGS[role] if config.force_open_tag else ""
-        turn = parse(role, forced + c.text, stop=c.stop, finish_reason=c.finish_reason, tokens=c.num_tokens)
-        d.prompt_tokens[role] += int(res.prompt_tokens)
-        _advance(d, turn, mode, config)
+def _request(role: Role, d: _Dialogue, mode: str, config: CollabConfig) -> GenerationRequest:
+    """The generation request of dialogue `d`'s next turn, played by `role`."""
+    messages, prefix = render_input(role, d.problem["problem"], d.turns, open_tag=config.force_open_tag,
+                                    solo=mode != "collab")
+    params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
+                            max_new_tokens=turn_limit(role, config, mode), stop=turn_stops(role, config, mode),
+                            n=1, seed=_turn_seed(config.seed, d.rid, len(d.turns)))
+    return GenerationRequest(messages=messages, assistant_prefix=prefix, params=params,
+                             meta={"id": d.rid, "role": role, "turn": len(d.turns)})
+
+
+def _apply(role: Role, d: _Dialogue, res: GenerationResult, mode: str, config: CollabConfig) -> None:
+    """Parse the turn `res` holds and advance dialogue `d` with it."""
+    c = res.completions[0]
+    forced = OPEN_TAGS[role] if config.force_open_tag else ""
+    parse = parse_solo if mode != "collab" else parse_turn
+    turn = parse(role, forced + c.text, stop=c.stop, finish_reason=c.finish_reason, tokens=c.num_tokens)
+    d.prompt_tokens[role] += int(res.prompt_tokens)
+    _advance(d, turn, mode, config)
 
 
 def iter_solve(problems: Iterable[dict[str, Any]], *, long_engine: Engine | None = None,
@@ -338,23 +339,32 @@ def iter_solve(problems: Iterable[dict[str, Any]], *, long_engine: Engine | None
         bar = Progress(TextColumn(f"solving ({mode})"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         task = bar.add_task("solve", total=len(queue))
         bar.start()
+    # one session per engine: with one model in both roles, long and short turns share a batch
+    groups = [("long", "short")] if engines["long"] is engines["short"] else [("long",), ("short",)]
+    sessions = [(roles, engines[roles[0]].open_session()) for roles in groups]
     try:
         active: list[_Dialogue] = []
+        sent: dict[str, _Dialogue] = {}  # dialogues whose next turn is in a session
         while queue or active:
             while queue and len(active) < config.max_active:
                 active.append(queue.popleft())
-            # one call per engine: with one model in both roles, long and short turns share a batch
-            groups = [("long", "short")] if engines["long"] is engines["short"] else [("long",), ("short",)]
-            for roles in groups:
-                waiting = [(d.next_role, d) for d in active if d.end_reason is None and d.next_role in roles]
-                if waiting:
-                    _step(waiting, engines[roles[0]], mode, config)
+            for roles, session in sessions:
+                new = [d for d in active if d.end_reason is None and d.next_role in roles and d.rid not in sent]
+                if new:
+                    session.add([_request(d.next_role, d, mode, config) for d in new])
+                    sent.update((d.rid, d) for d in new)
+                if not len(session):
+                    continue
+                for req, res in session.step():
+                    _apply(req.meta["role"], sent.pop(req.meta["id"]), res, mode, config)
                 for d in [d for d in active if d.end_reason is not None]:
                     active.remove(d)
                     if bar is not None:
                         bar.advance(task)
                     yield _make_record(d, mode)
     finally:
+        for _, session in sessions:
+            session.close()
         if bar is not None:
             bar.stop()
 

@@ -167,6 +167,13 @@ class Engine(ABC):
     #: property reading their model (hf: max_position_embeddings, vllm: max_model_len, openai: option).
     max_context: int | None = None
 
+    def open_session(self) -> GenerationSession:
+        """A session for callers that keep feeding requests as results come back (the solver's
+        dialogues: each turn's result makes the next turn's request). Engines that can join new
+        requests into a running decode (continuous batching: `hf` off its static fast path)
+        override it; this default runs each step's requests in one `generate` call."""
+        return GenerationSession(self)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (GPU memory, HTTP sessions)."""
 
@@ -186,3 +193,36 @@ def render_request(tokenizer: Any, request: GenerationRequest) -> str:
     if request.prompt is not None:
         return request.prompt + request.assistant_prefix
     return render_chat(tokenizer, request.messages, request.assistant_prefix)
+
+
+class GenerationSession:
+    """Requests in, results out as they finish (`Engine.open_session`).
+
+    `add(requests)` queues requests; `step()` advances the engine and returns the (request,
+    result) pairs that finished since the last step, in no promised order; `len(session)` counts
+    the requests added and not yet returned. This base class is the fallback of every engine:
+    a step is one `generate` call on all requests added since the previous step (a whole batch
+    at a time). `engines.session.ContinuousSession` makes a step one decode step instead.
+    """
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._waiting: list[GenerationRequest] = []
+
+    def add(self, requests: Sequence[GenerationRequest]) -> None:
+        self._waiting.extend(requests)
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def step(self) -> list[tuple[GenerationRequest, GenerationResult]]:
+        batch, self._waiting = self._waiting, []
+        if not batch:
+            return []
+        results = self.engine.generate(batch)
+        if len(results) != len(batch):
+            raise RuntimeError(f"engine returned {len(results)} results for {len(batch)} requests")
+        return list(zip(batch, results, strict=True))
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Drop what is still queued or decoding."""

@@ -17,25 +17,30 @@ row of one batch its own stop strings, seed, temperature and token limit. What i
   `max_new_tokens`, finish reasons, generated-token counts, optional per-token logprobs;
 - finished rows leave the batch (the KV cache is compacted) so short answers do not pay for
   long ones;
+- the decode loop is step-wise (`engines.session.DecodeSession`): `generate` runs it to the end
+  per batch, and `open_session()` gives continuous batching: new requests join the running
+  decode batch (their prompts prefilled apart, the KV caches merged left-padded) while finished
+  rows leave it, so a caller that feeds requests as results come back (the solver's dialogues)
+  keeps the batch full;
 - optional fast path for GPUs (on by default with CUDA): a static KV cache and a
   `torch.compile`d decoding step, as transformers' own `cache_implementation="static"` does.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from longshort.engines.base import Completion, Engine, GenerationRequest, GenerationResult
+from longshort.engines.base import Completion, Engine, GenerationRequest, GenerationResult, GenerationSession
 from longshort.engines.prefill import prefill
 from longshort.engines.probe import cache_kwarg
 from longshort.engines.sampling import row_seed, row_uniform, sample_tokens  # noqa: F401 (re-exported)
+from longshort.engines.session import ContinuousSession, DecodeSession, Unit, can_merge, eval_mode, is_oom
 from longshort.errors import LongshortError
 
 log = logging.getLogger(__name__)
@@ -66,6 +71,11 @@ class HFEngineConfig(BaseModel):
         0.25, ge=0.0, le=1.0,
         description="Drop finished rows from the batch when at least this fraction of rows has finished "
                     "(0.25: compaction copies the cache, so do it in steps, not per row).")
+    join_threshold: float = Field(
+        0.125, ge=0.0,
+        description="Continuous batching (`open_session`): requests waiting join the running batch once "
+                    "their rows are at least this fraction of the live rows (0.125: a join copies the "
+                    "cache, like compaction, so rows join in groups; an empty batch takes them at once).")
     device: str | None = Field(None, description="Device for a model loaded from a spec; None = cuda if present.")
     dtype: str | None = Field(None, description="Dtype for a model loaded from a spec (float32/fp32, bfloat16/bf16, "
                                                 "auto = the checkpoint's); None = `models.resolve_precision('auto')`: "
@@ -76,35 +86,8 @@ class HFEngineConfig(BaseModel):
                                                 "fp32 precision; the transformer body runs in the low precision.")
 
 
-@dataclass
-class _Unit:
-    """One prompt and the sample indices of its request decoded in the same batch."""
-
-    req: int
-    ids: list[int]
-    samples: list[int]
-
-
 class _OOM(Exception):
     pass
-
-
-@contextlib.contextmanager
-def _restore_training(model: Any, was_training: bool) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        if was_training:
-            model.train()
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    msg = str(exc).lower()  # CUDA: "out of memory"; CPU allocator: "can't allocate memory"
-    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
 
 
 # ----------------------------------------------------------------------------- engine
@@ -118,11 +101,13 @@ class HFEngine(Engine):
     def __init__(self, model: Any, tokenizer: Any = None, *, batch_size: int | None = None,
                  token_budget: int | None = None, reuse_prefix: bool = True, device: str | None = None,
                  dtype: Any = None, fast_path: str = "auto", compile: bool | None = None,
-                 fp32_logits: bool = True, config: HFEngineConfig | None = None):
+                 fp32_logits: bool = True, join_threshold: float | None = None,
+                 config: HFEngineConfig | None = None):
         cfg = config or HFEngineConfig(
             batch_size=batch_size, token_budget=token_budget, reuse_prefix=reuse_prefix,
             device=device, dtype=None if dtype is None else str(dtype), fast_path=fast_path,
-            compile=compile, fp32_logits=fp32_logits)
+            compile=compile, fp32_logits=fp32_logits,
+            **({} if join_threshold is None else {"join_threshold": join_threshold}))
         self.config = cfg
         self.spec: str | None = model if isinstance(model, str) else None
         if isinstance(model, str):
@@ -151,6 +136,7 @@ class HFEngine(Engine):
         self._rows_cap = cfg.batch_size or (256 if self.device.type == "cuda" else 64)
         self._budget = cfg.token_budget or self._default_budget()
         self._compiled = None
+        self._mergeable: bool | None = None
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, **kwargs: Any) -> HFEngine:
@@ -226,12 +212,20 @@ class HFEngine(Engine):
 
     # -- public API -------------------------------------------------------------------------
 
-    def generate(self, requests: Sequence[GenerationRequest], *, progress: bool = False
-                 ) -> list[GenerationResult]:
-        import torch
-        from tqdm.auto import tqdm
+    def open_session(self) -> GenerationSession:
+        """Continuous batching (`engines.session.ContinuousSession`); on the static-cache fast path,
+        or with a model whose cache cannot be merged (sliding-window layers), the base class's
+        session: one `generate` call per step."""
+        if self._mergeable is None:
+            self._mergeable = can_merge(self.model)
+        if self.fast or not self._mergeable:
+            return super().open_session()
+        return ContinuousSession(self)
 
-        requests = list(requests)
+    def _prepare(self, requests: list[GenerationRequest]) -> tuple[list[list[int]], list[int]]:
+        """Check the requests; their prompt token ids and seeds."""
+        import torch
+
         for i, r in enumerate(requests):
             p = r.params
             if p.n < 1 or p.max_new_tokens < 1:
@@ -250,18 +244,27 @@ class HFEngine(Engine):
         # Seeds: the request's own, else one drawn from torch's RNG (so torch.manual_seed governs it).
         seeds = [r.params.seed if r.params.seed is not None else int(torch.randint(0, 2**62, (1,)))
                  for r in requests]
+        return prompts, seeds
+
+    def generate(self, requests: Sequence[GenerationRequest], *, progress: bool = False
+                 ) -> list[GenerationResult]:
+        import torch
+        from tqdm.auto import tqdm
+
+        requests = list(requests)
+        prompts, seeds = self._prepare(requests)
         out: list[list[Completion | None]] = [[None] * r.params.n for r in requests]
         order = sorted(range(len(requests)), key=lambda i: -(len(prompts[i]) + requests[i].params.max_new_tokens))
-        pending = [_Unit(i, prompts[i], list(range(requests[i].params.n))) for i in order]
+        pending = [Unit(i, prompts[i], list(range(requests[i].params.n)), requests[i].params, seeds[i])
+                   for i in order]
         total = sum(r.params.n for r in requests)
-        was_training = self.model.training  # a policy being trained: no dropout while sampling
-        self.model.eval()
         bar = tqdm(total=total, disable=not progress, desc="generate", unit="sample", leave=False)
-        with _restore_training(self.model, was_training), torch.inference_mode(), bar:
+        # a policy being trained: no dropout while sampling
+        with eval_mode(self.model), torch.inference_mode(), bar:
             while pending:
-                batch, pending = self._take_batch(pending, requests)
+                batch, pending = self._take_batch(pending)
                 try:
-                    self._run_batch(batch, requests, seeds, out)
+                    self._run_batch(batch, out)
                 except _OOM:
                     rows = sum(len(u.samples) for u in batch)
                     if rows <= 1:
@@ -276,16 +279,15 @@ class HFEngine(Engine):
         return [GenerationResult(completions=list(out[i]), prompt_tokens=len(prompts[i]), request=r)
                 for i, r in enumerate(requests)]
 
-    def _take_batch(self, pending: list[_Unit], requests: Sequence[GenerationRequest]
-                    ) -> tuple[list[_Unit], list[_Unit]]:
+    def _take_batch(self, pending: list[Unit]) -> tuple[list[Unit], list[Unit]]:
         """Greedy packing under the row cap and the token budget; splits a request's samples
         across batches when needed. Always takes at least one row."""
-        batch: list[_Unit] = []
+        batch: list[Unit] = []
         rows, longest = 0, 0
         rest = list(pending)
         while rest:
             u = rest[0]
-            span = len(u.ids) + requests[u.req].params.max_new_tokens
+            span = len(u.ids) + u.params.max_new_tokens
             new_longest = max(longest, span)
             room_rows = self._rows_cap - rows
             room_budget = self._budget // new_longest - rows
@@ -298,8 +300,8 @@ class HFEngine(Engine):
                 batch.append(rest.pop(0))
                 rows += len(u.samples)
             else:
-                batch.append(_Unit(u.req, u.ids, u.samples[:room]))
-                rest[0] = _Unit(u.req, u.ids, u.samples[room:])
+                batch.append(replace(u, samples=u.samples[:room]))
+                rest[0] = replace(u, samples=u.samples[room:])
                 rows += room
             longest = new_longest
         return batch, rest
@@ -307,12 +309,16 @@ class HFEngine(Engine):
     def _forward(self, cache: Any, **kw: Any) -> Any:
         return self.model(**kw, **{self._cache_kw: cache}, use_cache=True)
 
-    def _run_batch(self, units: list[_Unit], requests: Sequence[GenerationRequest], seeds: list[int],
-                   out: list[list[Completion | None]]) -> None:
+    def _prefill(self, cache: Any, prompts: list[list[int]], row_prompts: list[int]) -> tuple[Any, Any, Any]:
+        """`engines.prefill.prefill` of new decode rows into `cache` (the sessions' one call of it)."""
+        return prefill(self._forward, cache, prompts, row_prompts, pad=self.tokenizer.pad_token_id,
+                       device=self.device, reuse=self.config.reuse_prefix)
+
+    def _run_batch(self, units: list[Unit], out: list[list[Completion | None]]) -> None:
         try:
-            self._decode(units, requests, seeds, out)
+            self._decode(units, out)
         except Exception as exc:
-            if _is_oom(exc):
+            if is_oom(exc):
                 import torch
 
                 if torch.cuda.is_available():
@@ -320,79 +326,13 @@ class HFEngine(Engine):
                 raise _OOM() from exc
             raise
 
-    def _decode(self, units: list[_Unit], requests: Sequence[GenerationRequest], seeds: list[int],
-                out: list[list[Completion | None]]) -> None:
-        import torch
-        from transformers import DynamicCache
-
-        dev = self.device
-        # Row r of the decode batch is sample rows[r] = (unit index, request index, sample index).
-        rows = [(ui, u.req, j) for ui, u in enumerate(units) for j in u.samples]
-        R = len(rows)
-        cache = DynamicCache(config=self.model.config)
-        logits, mask, last_pos = prefill(self._forward, cache, [u.ids for u in units], [ui for ui, _, _ in rows],
-                                         pad=self.tokenizer.pad_token_id, device=dev,
-                                         reuse=self.config.reuse_prefix)
-        L = mask.shape[1]  # the cache's columns after the prefill
-
-        params = [requests[q].params for _, q, _ in rows]
-        max_new = [p.max_new_tokens for p in params]
-        steps = max(max_new)
-        temperature = torch.tensor([p.temperature for p in params], device=dev, dtype=torch.float32)
-        top_p = torch.tensor([p.top_p for p in params], device=dev, dtype=torch.float32)
-        row_seeds = torch.tensor([row_seed(seeds[q], j) for _, q, j in rows], device=dev, dtype=torch.int64)
-        want_lp = [p.logprobs for p in params]
-        any_lp = any(want_lp)
-        stops = [list(p.stop or []) for p in params]
-        # a stop of k characters spans at most ~4k byte-level tokens; +8 for merges around it
-        window = [4 * max((len(s) for s in st), default=0) + 8 for st in stops]
-
-        toks: list[list[int]] = [[] for _ in range(R)]
-        lps: list[list[float]] = [[] for _ in range(R)]
-        done = [False] * R
-        live = list(range(R))  # decode-batch position -> row
-        static = self.fast
-        if static:
-            cache, mask = self._to_static(cache, mask, R, L + steps)
-
-        for step in range(steps):
-            nxt, lp = sample_tokens(logits, temperature, top_p, row_seeds, step, want_logprobs=any_lp)
-            nxt_list = nxt.tolist()
-            lp_list = lp.tolist() if lp is not None else None
-            n_live = 0
-            for k, r in enumerate(live):
-                if done[r]:
-                    continue
-                toks[r].append(nxt_list[k])
-                if want_lp[r]:
-                    lps[r].append(lp_list[k])
-                c = self._finished(toks[r], stops[r], window[r], max_new[r])
-                if c is None:
-                    n_live += 1
-                    continue
-                done[r] = True
-                c.logprobs = list(lps[r]) if want_lp[r] else None
-                _, q, j = rows[r]
+    def _decode(self, units: list[Unit], out: list[list[Completion | None]]) -> None:
+        """One packed batch decoded to the end: a `DecodeSession` all of whose rows join at once."""
+        session = DecodeSession(self, static=self.fast)
+        session.add(units)
+        while session:
+            for q, j, c in session.step():
                 out[q][j] = c
-            if n_live == 0:
-                break
-            nxt_col = nxt[:, None]
-            last_pos = last_pos + 1
-            if static:  # fixed shapes: finished rows keep decoding, their output is ignored
-                mask[:, L + step] = 1
-                logits = self._static_step(cache, nxt_col, mask, last_pos[:, None])
-                continue
-            n_dead = len(live) - n_live
-            if n_dead and n_dead >= self.config.compact_threshold * len(live):
-                keep = [k for k, r in enumerate(live) if not done[r]]
-                idx = torch.tensor(keep, device=dev)
-                cache.batch_select_indices(idx)
-                mask, last_pos, nxt_col = mask[idx], last_pos[idx], nxt_col[idx]
-                temperature, top_p, row_seeds = temperature[idx], top_p[idx], row_seeds[idx]
-                live = [live[k] for k in keep]
-            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-            logits = self._forward(cache, input_ids=nxt_col, attention_mask=mask,
-                                   position_ids=last_pos[:, None]).logits[:, -1, :]
 
     def _finished(self, row_toks: list[int], stops: list[str], window: int, max_new: int
                   ) -> Completion | None:

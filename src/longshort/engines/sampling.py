@@ -68,11 +68,18 @@ def row_seed(seed: int, sample: int) -> int:
     return int(_mix(_mix(t))[0])
 
 
-def row_uniform(seeds, step: int, draw: int = 0):
-    """One uniform (0, 1) number per row, a pure function of (row seed, step, draw): float64 [R]."""
+def row_uniform(seeds, step, draw: int = 0):
+    """One uniform (0, 1) number per row, a pure function of (row seed, step, draw): float64 [R].
+
+    `step` is one int for every row or an int64 tensor [R], one step per row (rows that joined a
+    running decode later are at earlier steps); both give the same numbers for the same steps."""
     import torch
 
-    x = _mix(_mix(seeds * _K_SEED + _i64(step * _K_STEP + draw * _K_DRAW)))
+    if isinstance(step, int):
+        counter = _i64(step * _K_STEP + draw * _K_DRAW)
+    else:  # int64 arithmetic wraps modulo 2**64, as _i64 does for the int
+        counter = step * _K_STEP + _i64(draw * _K_DRAW)
+    x = _mix(_mix(seeds * _K_SEED + counter))
     return (_shr(x, 11).to(torch.float64) + 0.5) / float(1 << 53)
 
 
@@ -145,7 +152,12 @@ def nucleus_threshold(probs, top_p):
     return vals[pick].to(probs.dtype)
 
 
-def _nucleus_draws(probs, cdf, top_p, seeds, step: int, first):
+def _rows(step, idx):
+    """`step` for the rows `idx`: the int itself, or those rows' entries of a per-row tensor."""
+    return step if isinstance(step, int) else step[idx]
+
+
+def _nucleus_draws(probs, cdf, top_p, seeds, step, first):
     """One token per row from the top-p nucleus of `probs` [R, V] (cumulative `cdf`), drawn with
     the rows' counter-based uniforms: rejection first (`first`: the rows' draw 0 from the whole
     distribution), the exact threshold for rows rejected `_TRIES` times."""
@@ -164,7 +176,7 @@ def _nucleus_draws(probs, cdf, top_p, seeds, step: int, first):
         part = len(todo) < R
         p = probs[todo] if part else probs
         if draw:
-            x = _draw(cdf[todo], row_uniform(seeds[todo], step, draw))
+            x = _draw(cdf[todo], row_uniform(seeds[todo], _rows(step, todo), draw))
         px = p.gather(-1, x[:, None])[:, 0]
         above = _mass_above(p, px).double()
         bar = need[todo] if part else need
@@ -179,7 +191,7 @@ def _nucleus_draws(probs, cdf, top_p, seeds, step: int, first):
         todo = todo[~keep]
         if not len(todo):
             return tokens
-    tokens[todo] = _threshold_draws(probs[todo], top_p[todo], seeds[todo], step, _TRIES)
+    tokens[todo] = _threshold_draws(probs[todo], top_p[todo], seeds[todo], _rows(step, todo), _TRIES)
     return tokens
 
 
@@ -190,7 +202,7 @@ def _mass_above(probs, px):
     return torch.where(probs > px[:, None], probs, 0.0).sum(-1)
 
 
-def _threshold_draws(probs, top_p, seeds, step: int, draw: int, threshold=None):
+def _threshold_draws(probs, top_p, seeds, step, draw: int, threshold=None):
     """Inverse-CDF draws from the exact nucleus (threshold from `nucleus_threshold`)."""
     import torch
 
@@ -199,10 +211,12 @@ def _threshold_draws(probs, top_p, seeds, step: int, draw: int, threshold=None):
     return _draw(kept.cumsum(-1), row_uniform(seeds, step, draw))
 
 
-def sample_tokens(logits, temperature, top_p, seeds, step: int, *, want_logprobs: bool):
+def sample_tokens(logits, temperature, top_p, seeds, step, *, want_logprobs: bool):
     """Pick one token per row.
 
-    logits [R, V]; temperature [R] (0 = greedy); top_p [R]; seeds [R] int64. Sampling is exact
+    logits [R, V]; temperature [R] (0 = greedy); top_p [R]; seeds [R] int64; step: the decoding
+    step (tokens generated so far), one int for the batch or an int64 tensor [R] per row (a
+    continuous batch, whose rows joined at different steps). Sampling is exact
     sampling of softmax(logits / temperature) restricted to the top-p nucleus (module docstring),
     with counter-based uniforms (cheap, and reproducible whatever the batch).
     The logprob returned is that of the chosen token under softmax(logits / temperature)
@@ -226,8 +240,8 @@ def sample_tokens(logits, temperature, top_p, seeds, step: int, *, want_logprobs
         if len(nucleus) == len(tokens):
             tokens = _nucleus_draws(probs, cdf, top_p, seeds, step, tokens)
         elif len(nucleus):
-            tokens[nucleus] = _nucleus_draws(probs[nucleus], cdf[nucleus], top_p[nucleus], seeds[nucleus], step,
-                                             tokens[nucleus])
+            tokens[nucleus] = _nucleus_draws(probs[nucleus], cdf[nucleus], top_p[nucleus], seeds[nucleus],
+                                             _rows(step, nucleus), tokens[nucleus])
         if bool(greedy.any()):
             tokens = torch.where(greedy, logits.argmax(-1), tokens)
     logprobs = None
