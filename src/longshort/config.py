@@ -213,14 +213,18 @@ def sft_run_config(config: PipelineConfig, *, role: str, data: str, model: str, 
                    baseline: bool = False) -> SFTRunConfig:
     """The SFT stage's own config for one model of this run (`baseline`: the long-CoT baseline's)."""
     settings = config.baseline_sft if baseline and config.baseline_sft is not None else config.sft
-    return SFTRunConfig(role=role, data=data, model=model, out=out, resume=True, seed=config.seed,
-                        **settings.model_dump())
+    values = settings.model_dump()
+    if values.get("push_to_hub"):  # one section trains several models: each gets its own repository
+        values["hub_model_id"] = (values.get("hub_model_id") or config.name) + ("-baseline" if baseline else f"-sft-{role}")
+    return SFTRunConfig(role=role, data=data, model=model, out=out, resume=True, seed=config.seed, **values)
 
 
 def rl_run_config(config: PipelineConfig, *, long: str, short: str, data: str, out: str) -> RLRunConfig:
     """The RL stage's own config for this run."""
-    return RLRunConfig(long=long, short=short, data=data, out=out, resume=True, seed=config.seed,
-                       **config.rl.model_dump())
+    values = config.rl.model_dump()
+    if values.get("push_to_hub") and not values.get("hub_model_id"):
+        values["hub_model_id"] = config.name  # the roles are pushed as <name>-long / <name>-short
+    return RLRunConfig(long=long, short=short, data=data, out=out, resume=True, seed=config.seed, **values)
 
 
 # ----------------------------------------------------------------------------- the recipe

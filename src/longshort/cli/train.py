@@ -167,6 +167,9 @@ def sft(
     resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in OUT"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="skip (and count) bad records instead of stopping"),
     seed: int | None = config_option(SFTRunConfig, "seed", help="random seed"),
+    push_to_hub: bool | None = config_option(SFTRunConfig, "push_to_hub", "--push-to-hub/--no-push-to-hub",
+                                             help="push the final model to the Hugging Face Hub"),
+    hub_model_id: str | None = config_option(SFTRunConfig, "hub_model_id", help="hub repository (default: OUT's name)"),
     config: Path | None = typer.Option(None, help="YAML/JSON file with SFTRunConfig fields (options override)"),
 ) -> None:
     """Cold-start SFT of one role on its turns (loss on the turn only)."""
@@ -176,7 +179,8 @@ def sft(
     cfg = _build(SFTRunConfig, _file_config(config), dict(
         role=role, data=str(data), model=model, out=str(out), max_steps=max_steps, epochs=epochs, lora=lora,
         lr=lr, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, save_steps=save_steps,
-        precision=precision, report_to=report_to, resume=resume or None, skip_bad=skip_bad or None, seed=seed))
+        precision=precision, report_to=report_to, resume=resume or None, skip_bad=skip_bad or None, seed=seed,
+        push_to_hub=push_to_hub, hub_model_id=hub_model_id))
     _check_spec(cfg.model, "--model")
     result = run_sft(cfg)
     typer.echo(f"saved {cfg.role} model to {result}")
@@ -223,6 +227,10 @@ def rl(
     resume: bool = typer.Option(False, "--resume", help="skip finished iterations, continue from checkpoints"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="skip (and count) bad problem records"),
     seed: int | None = config_option(RLRunConfig, "seed", help="random seed"),
+    push_to_hub: bool | None = config_option(RLRunConfig, "push_to_hub", "--push-to-hub/--no-push-to-hub",
+                                             help="push each trained role's final model to the Hugging Face Hub"),
+    hub_model_id: str | None = config_option(RLRunConfig, "hub_model_id", help="hub repository; the role is "
+                                             "appended (-long / -short); default: OUT's name"),
     config: Path | None = typer.Option(None, help="YAML/JSON file with RLRunConfig fields (options override)"),
 ) -> None:
     """Multi-turn RL of the pair: train one role with the partner frozen, save, swap (K iterations)."""
@@ -251,7 +259,7 @@ def rl(
         partner_server=partner_server, partner_server_command=partner_server_command,
         partner_server_timeout=partner_server_timeout,
         lora=lora, save_steps=save_steps, precision=precision, report_to=report_to, resume=resume or None,
-        skip_bad=skip_bad or None, seed=seed))
+        skip_bad=skip_bad or None, seed=seed, push_to_hub=push_to_hub, hub_model_id=hub_model_id))
     for spec, role in ((cfg.long, "long"), (cfg.short, "short")):
         if not (cfg.partner_base_url and role != cfg.schedule()[0]):  # a served partner is a model name
             _check_spec(spec, f"--{role}")

@@ -86,7 +86,8 @@ OUR_NAMES = {"output_dir": "out", "max_steps": "max_steps", "num_train_epochs": 
              "lr_scheduler_type": "lr_scheduler_type", "beta": "beta", "epsilon": "epsilon",
              "temperature": "temperature", "top_p": "top_p", "max_completion_length": "dialogue",
              "mask_truncated_completions": "mask_truncated_completions", "reward_weights": "rewards",
-             "model_init_kwargs": "model_init_kwargs"}
+             "model_init_kwargs": "model_init_kwargs", "push_to_hub": "push_to_hub",
+             "hub_model_id": "hub_model_id", "hub_private_repo": "hub_private_repo"}
 
 
 def shared_arguments(config: Any) -> dict[str, Any]:
@@ -97,7 +98,9 @@ def shared_arguments(config: Any) -> dict[str, Any]:
                 save_total_limit=config.save_total_limit, report_to=report_targets(config.report_to),
                 seed=config.seed, **precision_flags(config.precision),
                 gradient_checkpointing=config.gradient_checkpointing,  # TRL defaults to True; ours is explicit
-                model_init_kwargs=None)  # we build the model (`load_for_training` takes config.model_init_kwargs)
+                model_init_kwargs=None,  # we build the model (`load_for_training` takes config.model_init_kwargs)
+                # we push the finished model ourselves (`push_model`), not TRL's checkpoints
+                push_to_hub=False, hub_model_id=None, hub_private_repo=None)
 
 
 def trainer_arguments(config_cls: type, ours: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -231,3 +234,69 @@ def check_init_kwargs(value: dict[str, Any]) -> dict[str, Any]:
             except LongshortError as exc:
                 raise ValueError(f"model_init_kwargs.{key}: {exc}") from None
     return value
+
+
+# ----------------------------------------------------------------------------- the hub
+
+HUB_HELP = ("push the final model to the Hugging Face Hub when training ends (TRL's name); needs a "
+            "token (`hf auth login` or $HF_TOKEN), checked before any model loads")
+HUB_ID_HELP = ("hub repository of the pushed model, 'user/name' or 'name' (in the token's namespace); None = "
+               "the output directory's name, as TRL does")
+#: what a pushed model directory leaves out: checkpoints (resume state), logs and TensorBoard runs
+HUB_IGNORE = ("checkpoints/*", "logs/*", "runs/*", "*.log")
+
+
+def hub_repo_id(config: Any, suffix: str = "") -> str | None:
+    """The repository `config` pushes to (`hub_model_id`, else the output dir's name) plus
+    `suffix` (RL pushes each role as ``<id>-long`` / ``<id>-short``); None when it does not push."""
+    if not getattr(config, "push_to_hub", False):
+        return None
+    return (config.hub_model_id or Path(config.out).resolve().name) + suffix
+
+
+def check_hub(config: Any, suffixes: tuple[str, ...] = ("",)) -> None:
+    """Before any model loads: refuse `push_to_hub` that could not push at the end (offline mode,
+    no token, a repository id the hub would refuse), so hours of training do not end in an error."""
+    if not getattr(config, "push_to_hub", False):
+        return
+    from huggingface_hub import constants, get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    for suffix in suffixes:
+        repo = hub_repo_id(config, suffix)
+        try:
+            validate_repo_id(repo)
+        except HFValidationError as exc:
+            raise LongshortError(f"hub_model_id: {repo!r} is not a valid hub repository id ({exc})") from None
+    if constants.HF_HUB_OFFLINE:
+        raise LongshortError("push_to_hub: the hub is in offline mode ($HF_HUB_OFFLINE); unset it or push later "
+                             "with `hf upload`")
+    if not get_token():
+        raise LongshortError("push_to_hub needs a Hugging Face token: run `hf auth login` or set $HF_TOKEN")
+
+
+def push_model(folder: str | os.PathLike, repo_id: str, *, private: bool | None = None,
+               commit_message: str = "longshort: trained model") -> str:
+    """Create `repo_id` if needed (a model repo) and upload the finished model directory `folder`
+    without its checkpoints and logs (`HUB_IGNORE`); return the commit URL. Main process only."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    info = api.upload_folder(repo_id=getattr(url, "repo_id", repo_id), folder_path=str(folder),
+                             commit_message=commit_message, ignore_patterns=list(HUB_IGNORE), repo_type="model")
+    return str(getattr(info, "commit_url", info))
+
+
+def push_finished(folder: str | os.PathLike, repo_id: str, *, private: bool | None = None) -> str:
+    """`push_model` for a finished training output: a failed upload says that the model is saved
+    and how to push it by hand, instead of a traceback at the end of a run."""
+    import logging
+
+    try:
+        url = push_model(folder, repo_id, private=private)
+    except Exception as exc:  # network, permissions, quota: the trained model is safe on disk
+        raise LongshortError(f"push_to_hub: uploading {folder} to {repo_id} failed ({type(exc).__name__}: "
+                             f"{exc}); the model is saved there, push it with `hf upload {repo_id} {folder}`") from None
+    logging.getLogger(__name__).info("pushed %s to the hub: %s", folder, url)
+    return url

@@ -40,11 +40,14 @@ from longshort.io import write_json_atomic
 from longshort.rundir import environment_manifest
 from longshort.training.common import (
     barrier,
+    check_hub,
     check_model_spec,
+    hub_repo_id,
     is_finished,
     is_main_process,
     last_checkpoint,
     load_for_training,
+    push_finished,
     shared_arguments,
     trainer_arguments,
     write_done_marker,
@@ -190,6 +193,8 @@ def run_rl(config: RLRunConfig, *, reward_funcs: list | None = None,
                              "(--iterations 1); --partner-server managed serves each iteration's partner")
     problems = load_problems(config.data, skip_bad=config.skip_bad)
     grpo_arguments(config, out, None)  # a bad `trainer:` key fails here, before any model loads
+    trained = tuple(dict.fromkeys(schedule))
+    check_hub(config, tuple(f"-{role}" for role in trained))
     for spec, role in ((config.long, "long"), (config.short, "short")):
         if not (config.partner_base_url and role != schedule[0]):
             check_model_spec(spec, what=f"{role} model")
@@ -241,6 +246,9 @@ def run_rl(config: RLRunConfig, *, reward_funcs: list | None = None,
     if is_main_process():
         write_done_marker(out, {"stage": "rl", "final": current, "iterations": history,
                                 "config": config.model_dump(), "manifest": environment_manifest(config.seed)})
+        if config.push_to_hub:
+            for role in trained:
+                push_finished(current[role], hub_repo_id(config, f"-{role}"), private=config.hub_private_repo)
     return str(out)
 
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from longshort.dialogue.collab import CollabConfig
 from longshort.dialogue.protocol import Role
 from longshort.training import rewards as R
-from longshort.training.common import MODEL_INIT_HELP, Precision, check_init_kwargs
+from longshort.training.common import HUB_HELP, HUB_ID_HELP, MODEL_INIT_HELP, Precision, check_init_kwargs
 
 OTHER: dict[str, Role] = {"long": "short", "short": "long"}
 
@@ -119,6 +119,10 @@ class RLRunConfig(BaseModel):
                                     "lacks, or one a field here sets, is refused before a model loads")
     model_init_kwargs: dict[str, Any] | None = Field(None, description=MODEL_INIT_HELP + "; the "
                                               "trained role only (the partner takes `partner_engine_kwargs`)")
+    push_to_hub: bool = Field(False, description=HUB_HELP + "; each trained role's final model goes to "
+                              "<hub_model_id>-long / <hub_model_id>-short")
+    hub_model_id: str | None = Field(None, description=HUB_ID_HELP + "; the role is appended")
+    hub_private_repo: bool | None = Field(None, description="create the hub repositories private (None = the hub's default)")
 
     @field_validator("model_init_kwargs")
     @classmethod

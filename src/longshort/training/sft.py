@@ -34,15 +34,20 @@ from longshort.errors import InputError, LongshortError
 from longshort.io import ReadStats, read_jsonl, write_json_atomic
 from longshort.rundir import environment_manifest
 from longshort.training.common import (
+    HUB_HELP,
+    HUB_ID_HELP,
     MODEL_INIT_HELP,
     PRECISION_HELP,
     Precision,
     barrier,
+    check_hub,
     check_init_kwargs,
+    hub_repo_id,
     is_finished,
     is_main_process,
     last_checkpoint,
     load_for_training,
+    push_finished,
     release_memory,
     shared_arguments,
     trainer_arguments,
@@ -91,6 +96,9 @@ class SFTRunConfig(BaseModel):
                                     "they are (e.g. {weight_decay: 0.01, lr_scheduler_type: cosine}); a key "
                                     "SFTConfig lacks, or one a field here sets, is refused before the model loads")
     model_init_kwargs: dict[str, Any] | None = Field(None, description=MODEL_INIT_HELP)
+    push_to_hub: bool = Field(False, description=HUB_HELP)
+    hub_model_id: str | None = Field(None, description=HUB_ID_HELP)
+    hub_private_repo: bool | None = Field(None, description="create the hub repository private (None = the hub's default)")
 
     @field_validator("model_init_kwargs")
     @classmethod
@@ -249,6 +257,7 @@ def run_sft(config: SFTRunConfig) -> str:
     if ckpt and not config.resume:
         raise LongshortError(f"{out}/checkpoints holds {Path(ckpt).name} from an earlier run; "
                              "pass --resume to continue it or choose another --out")
+    check_hub(config)
     records = load_sft_records(config.data, config.role, skip_bad=config.skip_bad)
     barrier()
     trainer = make_trainer(config, records)
@@ -264,4 +273,6 @@ def run_sft(config: SFTRunConfig) -> str:
         write_done_marker(out, {"stage": "sft", "config": config.model_dump(), "metrics": metrics,
                                 "manifest": environment_manifest(config.seed)})
     release_memory(trainer)
+    if config.push_to_hub and is_main_process():
+        push_finished(out, hub_repo_id(config), private=config.hub_private_repo)
     return str(out)
