@@ -154,3 +154,16 @@ def test_unreachable_base_url_one_line_error(tmp_path, capsys):
     assert rc == 1
     assert "127.0.0.1" in one_line_error(capsys.readouterr().err)
     assert not out.exists() or out.read_text() == ""
+
+
+def test_version_prints_longshort_and_with_packages_the_stack(capsys):
+    import importlib.metadata as md
+
+    from longshort import __version__
+
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out.split() == [__version__]
+    assert main(["version", "--packages"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == __version__
+    assert f"trl {md.version('trl')}" in lines and f"torch {md.version('torch')}" in lines

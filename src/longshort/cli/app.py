@@ -19,11 +19,18 @@ def _root() -> None:
 
 
 @app.command()
-def version() -> None:
-    """Print the installed longshort version."""
+def version(packages: bool = typer.Option(False, "--packages", "-p", help="also the versions of the packages "
+                                          "that can change results (torch, transformers, trl, vLLM, ...)")) -> None:
+    """Print the installed longshort version (docs/install.md: which combinations are tested)."""
     from longshort import __version__
 
     print(__version__)
+    if packages:
+        from longshort.rundir import package_versions
+
+        for name, v in package_versions().items():
+            if name != "longshort":
+                print(f"{name} {v}")
 
 
 def config_option(model: type, field: str, *decls: str, help: str, annotated: bool = False,
