@@ -190,12 +190,37 @@ def release_memory(trainer: Any = None) -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Return the free pages of the C heap to the OS (glibc ``malloc_trim(0)``; a no-op elsewhere)."""
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+def heap_trim_callback() -> Any:
+    """A `TrainerCallback` that trims the C heap after every micro-batch and optimizer step.
+
+    Without it, CPU training's resident memory grows step after step although the tensors are
+    freed: glibc keeps the freed, fragmented buffers of autograd's temporaries (more of them in
+    bf16 autocast, whose casts allocate anew each step). Measured on the quickstart's baseline SFT
+    (SmolLM2-135M, bf16, batch 1 × 8 with checkpointing): 3.97 GB peak after 2 steps, 4.89 GB after
+    6. A trim costs milliseconds against seconds per micro-batch."""
+    from transformers import TrainerCallback
+
+    class HeapTrim(TrainerCallback):
+        def on_substep_end(self, args, state, control, **kwargs):
+            trim_heap()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            trim_heap()
+
+    return HeapTrim()
 
 
 def is_main_process() -> bool:

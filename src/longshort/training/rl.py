@@ -42,6 +42,7 @@ from longshort.training.common import (
     barrier,
     check_hub,
     check_model_spec,
+    heap_trim_callback,
     hub_repo_id,
     is_finished,
     is_main_process,
@@ -144,7 +145,7 @@ def make_trainer(config: RLRunConfig, role: Role, policy_spec: str, partner: Eng
                                  task_type="CAUSAL_LM")
     return GRPOTrainer(model=model, reward_funcs=scorer.readers(), args=args,
                        train_dataset=problems_dataset(problems), processing_class=tok, rollout_func=rollout,
-                       peft_config=peft_config)
+                       peft_config=peft_config, callbacks=[heap_trim_callback()])
 
 
 def _filter_problems(config: RLRunConfig, role: Role, partner: Engine, ckpt_dir: str | Path,

@@ -42,6 +42,7 @@ from longshort.training.common import (
     barrier,
     check_hub,
     check_init_kwargs,
+    heap_trim_callback,
     hub_repo_id,
     is_finished,
     is_main_process,
@@ -223,7 +224,7 @@ def make_trainer(config: SFTRunConfig, records: list[dict[str, Any]] | None = No
         peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                                  target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
-                         peft_config=peft_config)
+                         peft_config=peft_config, callbacks=[heap_trim_callback()])
     trainer._longshort_dropped = dropped
     return trainer
 
