@@ -209,6 +209,18 @@ _PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
+def trim_heap() -> None:
+    """Return the free pages of the C heap to the OS (glibc ``malloc_trim(0)``; a no-op elsewhere).
+    Freed tensors' memory otherwise stays resident: after a stage drops its model, and step after
+    step in CPU training (`training.common.heap_trim_callback`)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AMX-BF16 or AVX512-BF16): torch's CPU feature
     probe, else the flags in /proc/cpuinfo. Without them bf16 matmuls are emulated and slower

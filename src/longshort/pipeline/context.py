@@ -176,7 +176,10 @@ class Engines:
         self._cache.clear()
         import gc
 
+        from longshort.models import trim_heap
+
         gc.collect()
+        trim_heap()  # the next stage (training) starts from what the engines really held, not their peak
 
     def __enter__(self) -> Engines:
         return self

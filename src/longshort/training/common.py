@@ -16,7 +16,7 @@ from typing import Any
 
 from longshort.errors import LongshortError
 from longshort.io import write_json_atomic
-from longshort.models import PRECISION_HELP, Precision  # noqa: F401 - re-exported for sft/rl
+from longshort.models import PRECISION_HELP, Precision, trim_heap  # noqa: F401 - re-exported for sft/rl
 
 DONE_MARKER = "longshort_run.json"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -191,16 +191,6 @@ def release_memory(trainer: Any = None) -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     trim_heap()
-
-
-def trim_heap() -> None:
-    """Return the free pages of the C heap to the OS (glibc ``malloc_trim(0)``; a no-op elsewhere)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def heap_trim_callback() -> Any:
