@@ -245,13 +245,14 @@ def test_training_trims_the_c_heap_after_every_micro_batch(tmp_path, monkeypatch
     """CPU training's resident memory otherwise grows step after step (glibc keeps freed,
     fragmented autograd buffers): the trainer carries a callback that trims the heap after each
     micro-batch and each optimizer step."""
-    from longshort.training import common
+    from longshort import models
 
     calls = []
-    monkeypatch.setattr(common, "trim_heap", lambda: calls.append(1))
+    monkeypatch.setattr(models, "trim_heap", lambda: calls.append(1))
     data = _write(tmp_path / "long.jsonl", _records())
     run_sft(_config(tmp_path, data, max_steps=2, batch_size=1, grad_accum=2))
     # per step: a substep end after each micro-batch but the last, whose end is the step end; then
     # release_memory's trim when the run ends
     assert len(calls) == 2 * 2 + 1
-    common.trim_heap()  # the real one is harmless wherever it runs (a no-op without glibc)
+    monkeypatch.undo()
+    models.trim_heap()  # the real one is harmless wherever it runs (a no-op without glibc)

@@ -221,6 +221,20 @@ def trim_heap() -> None:
         pass
 
 
+def free_memory() -> None:
+    """Give back what nothing references any more: collect cycles, empty the CUDA cache, trim
+    the C heap. The one place that does it: after a trainer is released, when a stage's engines
+    close, after every pipeline stage."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    trim_heap()
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AMX-BF16 or AVX512-BF16): torch's CPU feature
     probe, else the flags in /proc/cpuinfo. Without them bf16 matmuls are emulated and slower

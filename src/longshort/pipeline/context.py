@@ -174,12 +174,9 @@ class Engines:
         for engine in engines.values():
             engine.close()
         self._cache.clear()
-        import gc
+        from longshort.models import free_memory
 
-        from longshort.models import trim_heap
-
-        gc.collect()
-        trim_heap()  # the next stage (training) starts from what the engines really held, not their peak
+        free_memory()  # the next system or stage starts from what the engines really held, not their peak
 
     def __enter__(self) -> Engines:
         return self

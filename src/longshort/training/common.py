@@ -12,11 +12,14 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import AfterValidator
+
+from longshort import models
 from longshort.errors import LongshortError
 from longshort.io import write_json_atomic
-from longshort.models import PRECISION_HELP, Precision, trim_heap  # noqa: F401 - re-exported for sft/rl
+from longshort.models import PRECISION_HELP, Precision  # noqa: F401 - re-exported for sft/rl
 
 DONE_MARKER = "longshort_run.json"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -176,10 +179,6 @@ def release_memory(trainer: Any = None) -> None:
     references) so the next stage of the same process does not stack on top of it: drop the
     trainer's references, collect cycles, empty the CUDA cache and return freed heap pages to the
     OS (glibc ``malloc_trim``; without it RSS stays at the peak after the tensors are gone)."""
-    import gc
-
-    import torch
-
     if trainer is not None:
         accelerator = getattr(trainer, "accelerator", None)
         if accelerator is not None:
@@ -187,10 +186,7 @@ def release_memory(trainer: Any = None) -> None:
         for name in ("model", "model_wrapped", "optimizer", "lr_scheduler", "ref_model"):
             if hasattr(trainer, name):
                 setattr(trainer, name, None)
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    trim_heap()
+    models.free_memory()
 
 
 def heap_trim_callback() -> Any:
@@ -205,10 +201,10 @@ def heap_trim_callback() -> Any:
 
     class HeapTrim(TrainerCallback):
         def on_substep_end(self, args, state, control, **kwargs):
-            trim_heap()
+            models.trim_heap()
 
         def on_step_end(self, args, state, control, **kwargs):
-            trim_heap()
+            models.trim_heap()
 
     return HeapTrim()
 
@@ -249,6 +245,10 @@ def check_init_kwargs(value: dict[str, Any]) -> dict[str, Any]:
             except LongshortError as exc:
                 raise ValueError(f"model_init_kwargs.{key}: {exc}") from None
     return value
+
+
+#: the type of a run config's `model_init_kwargs`: checked by `check_init_kwargs` wherever the field is
+InitKwargs = Annotated[dict[str, Any] | None, AfterValidator(lambda v: None if v is None else check_init_kwargs(v))]
 
 
 # ----------------------------------------------------------------------------- the hub
