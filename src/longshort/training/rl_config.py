@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from longshort.dialogue.collab import CollabConfig
 from longshort.dialogue.protocol import Role
 from longshort.training import rewards as R
-from longshort.training.common import HUB_HELP, HUB_ID_HELP, MODEL_INIT_HELP, Precision, check_init_kwargs
+from longshort.training.common import HUB_HELP, HUB_ID_HELP, MODEL_INIT_HELP, InitKwargs, Precision
 
 OTHER: dict[str, Role] = {"long": "short", "short": "long"}
 
@@ -117,17 +117,12 @@ class RLRunConfig(BaseModel):
     trainer: dict[str, Any] = Field(default_factory=dict, description="more TRL GRPOConfig arguments, passed as "
                                     "they are (e.g. {weight_decay: 0.01, loss_type: dr_grpo}); a key GRPOConfig "
                                     "lacks, or one a field here sets, is refused before a model loads")
-    model_init_kwargs: dict[str, Any] | None = Field(None, description=MODEL_INIT_HELP + "; the "
+    model_init_kwargs: InitKwargs = Field(None, description=MODEL_INIT_HELP + "; the "
                                               "trained role only (the partner takes `partner_engine_kwargs`)")
     push_to_hub: bool = Field(False, description=HUB_HELP + "; each trained role's final model goes to "
                               "<hub_model_id>-long / <hub_model_id>-short")
     hub_model_id: str | None = Field(None, description=HUB_ID_HELP + "; the role is appended")
     hub_private_repo: bool | None = Field(None, description="create the hub repositories private (None = the hub's default)")
-
-    @field_validator("model_init_kwargs")
-    @classmethod
-    def _init_kwargs(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        return None if v is None else check_init_kwargs(v)
 
     @model_validator(mode="after")
     def _whole_groups(self) -> RLRunConfig:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 from longshort.engines.base import render_chat
 from longshort.errors import InputError, LongshortError
@@ -38,10 +38,10 @@ from longshort.training.common import (
     HUB_ID_HELP,
     MODEL_INIT_HELP,
     PRECISION_HELP,
+    InitKwargs,
     Precision,
     barrier,
     check_hub,
-    check_init_kwargs,
     heap_trim_callback,
     hub_repo_id,
     is_finished,
@@ -96,15 +96,10 @@ class SFTRunConfig(BaseModel):
     trainer: dict[str, Any] = Field(default_factory=dict, description="more TRL SFTConfig arguments, passed as "
                                     "they are (e.g. {weight_decay: 0.01, lr_scheduler_type: cosine}); a key "
                                     "SFTConfig lacks, or one a field here sets, is refused before the model loads")
-    model_init_kwargs: dict[str, Any] | None = Field(None, description=MODEL_INIT_HELP)
+    model_init_kwargs: InitKwargs = Field(None, description=MODEL_INIT_HELP)
     push_to_hub: bool = Field(False, description=HUB_HELP)
     hub_model_id: str | None = Field(None, description=HUB_ID_HELP)
     hub_private_repo: bool | None = Field(None, description="create the hub repository private (None = the hub's default)")
-
-    @field_validator("model_init_kwargs")
-    @classmethod
-    def _init_kwargs(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        return None if v is None else check_init_kwargs(v)
 
 
 def _messages(value: Any, path: str, line: int) -> list[dict[str, str]]:
