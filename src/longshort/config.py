@@ -156,7 +156,13 @@ class EvalStageConfig(_Strict):
 
 
 class LaunchConfig(_Strict):
-    """How the training stages run: in this process (CPU, one GPU) or under `accelerate launch`."""
+    """How the stages run: each stage that loads models in a child process of its own (or all in this
+    process), training in that process (CPU, one GPU) or under `accelerate launch`."""
+
+    stage_processes: bool = Field(True, description="run each stage that loads models (chunk, baseline, score, "
+                                  "coldstart, sft, rl, eval) in a fresh child process, so that what one stage "
+                                  "leaves in memory (allocator arenas, cached kernels) is not under the next "
+                                  "stage's peak; false = all in this process (debuggers, profilers)")
 
     accelerate_config: Path | None = Field(None, description="accelerate config (e.g. configs/accelerate/"
                                            "zero3.yaml): SFT and RL then run as `accelerate launch ... -m "

@@ -30,13 +30,20 @@ LOG_FILE = "pipeline.log"
 class Stage:
     """One pipeline stage: `run(ctx) -> summary` writes into `ctx.dir(name)`; `sections` are the
     config sections its result depends on (for the fingerprint checked on resume); `headline(summary)`
-    is the figure printed when it ends."""
+    is the figure printed when it ends; a stage that `loads_models` (a flag, or a test of the
+    config) runs in a child process of its own when `launch.stage_processes` is on (`pipeline.child`)."""
 
     name: str
     run: Callable[[RunContext], dict[str, Any]]
     sections: tuple[str, ...]
     description: str
     headline: Callable[[dict[str, Any]], str] | None = None
+    loads_models: bool | Callable[[PipelineConfig], bool] = True
+
+    def in_child(self, config: PipelineConfig) -> bool:
+        """Whether this stage runs in a child process of its own in a run of `config`."""
+        loads = self.loads_models(config) if callable(self.loads_models) else self.loads_models
+        return loads and config.launch.stage_processes
 
 
 class Console:

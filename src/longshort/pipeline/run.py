@@ -12,6 +12,7 @@ from longshort.config import PipelineConfig, dump_config, load_config
 from longshort.errors import LongshortError
 from longshort.io import write_json_atomic, write_text_atomic
 from longshort.models import free_memory
+from longshort.pipeline.child import run_in_child
 from longshort.pipeline.context import (
     LOG_FILE,
     Console,
@@ -85,15 +86,17 @@ def _h_eval(s: dict[str, Any]) -> str:
 
 
 STAGES: list[Stage] = [
-    Stage("data", stage_data, ("data",), "training traces and evaluation sets", _h_data),
-    Stage("chunk", stage_chunk, ("data", "chunk", "models"), "split traces into thoughts", _h_chunk),
+    Stage("data", stage_data, ("data",), "training traces and evaluation sets", _h_data, loads_models=False),
+    Stage("chunk", stage_chunk, ("data", "chunk", "models"), "split traces into thoughts", _h_chunk,
+          loads_models=lambda c: c.chunk.method == "llm"),
     Stage("baseline", stage_baseline, ("data", "models", "sft", "baseline_sft", "eval.baseline"),
           "SFT of the long-CoT baseline on the whole traces", _h_train),
     Stage("score", stage_score, ("data", "chunk", "score", "models", "sft", "baseline_sft", "eval.baseline",
                                  "quality"),
           "importance of every thought", _h_score),
     Stage("coldstart", stage_coldstart, ("data", "chunk", "score", "coldstart", "models", "sft", "baseline_sft", "eval.baseline"),
-          "assign thoughts to roles, build the SFT sets", _h_coldstart),
+          "assign thoughts to roles, build the SFT sets", _h_coldstart,
+          loads_models=lambda c: c.coldstart.compressor == "llm"),
     Stage("sft", stage_sft, ("data", "chunk", "score", "coldstart", "models", "sft", "baseline_sft", "eval.baseline"),
           "cold-start SFT of both roles", _h_train),
     Stage("rl", stage_rl, ("data", "chunk", "score", "coldstart", "models", "sft", "baseline_sft", "eval.baseline", "rl"),
@@ -101,7 +104,7 @@ STAGES: list[Stage] = [
     Stage("eval", stage_eval, ("data", "chunk", "score", "coldstart", "models", "sft", "baseline_sft", "rl", "eval"),
           "the pair, the long-CoT baseline and the short model on every evaluation set", _h_eval),
     Stage("report", stage_report, ("data", "chunk", "score", "coldstart", "models", "sft", "baseline_sft", "rl", "eval", "report"),
-          "metrics.json, report.md, plots", None),
+          "metrics.json, report.md, plots", None, loads_models=False),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
 
@@ -185,7 +188,10 @@ def _run_stages(config: PipelineConfig, out: Path, resume: bool, console: Consol
         print(f"\n===== stage {stage.name}", flush=True)
         t0, c0, peak = time.time(), cpu_seconds(), StagePeak()
         try:
-            summary = stage.run(ctx)
+            if stage.in_child(config):
+                summary, child_peak = run_in_child(stage, ctx)
+            else:
+                summary, child_peak = stage.run(ctx), None
         except BaseException:
             console.print(f"{tag}: failed after {time.time() - t0:.0f} s (details in {out / LOG_FILE})")
             raise
@@ -198,7 +204,8 @@ def _run_stages(config: PipelineConfig, out: Path, resume: bool, console: Consol
                                       "fingerprint": fp, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                       "summary": summary})
         manifest["stages"][stage.name] = {"seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
-                                          "peak_rss_mb": peak.mb}
+                                          "peak_rss_mb": max((p for p in (peak.mb, child_peak) if p is not None),
+                                                             default=None)}
         manifest["peak_rss_mb"] = peak_rss_mb()
         write_json_atomic(manifest_path, manifest)
         figure = ""
