@@ -31,6 +31,16 @@ def _talks(ctx: RunContext) -> dict:
     return {"pid": os.getpid(), "seen": ctx.summaries, "stages": ctx.stages, "seed": ctx.config.seed}
 
 
+def _logs(ctx: RunContext) -> dict:
+    import logging
+    import warnings
+
+    logging.getLogger("longshort.somewhere").info("an info record from the child")
+    print("a print from the child")
+    warnings.warn("a warning from the child", stacklevel=1)
+    return {}
+
+
 def _bad_input(ctx: RunContext) -> dict:
     raise InputError("expected a number", path="traces.jsonl", line=7, field="answer")
 
@@ -60,6 +70,18 @@ def test_summary_console_lines_and_files_come_back(tmp_path):
     assert summary["seed"] == 0 and peak > 0
     assert stream.getvalue() == "hello from the stage\n"  # printed by the parent's console
     assert (tmp_path / "talk" / "out.txt").read_text() == "written by the child"
+
+
+def test_the_childs_output_goes_to_the_runs_log(tmp_path):
+    from longshort.pipeline.context import captured_output
+
+    stream = io.StringIO()
+    with captured_output(tmp_path / "pipeline.log", verbose=False):
+        run_in_child(Stage("logs", _logs, (), "logs"), _ctx(tmp_path, stream))
+    log = (tmp_path / "pipeline.log").read_text()
+    for line in ("an info record from the child", "a print from the child", "a warning from the child"):
+        assert line in log
+    assert stream.getvalue() == ""  # nothing of it on the console
 
 
 def test_the_stages_own_error_is_raised_in_the_parent(tmp_path):

@@ -67,8 +67,14 @@ def _peak_mb() -> float:
 
 def _child(conn: Any, parent: int, run: Callable[[RunContext], dict[str, Any]], config: PipelineConfig,
            out: str, resume: bool, config_path: str, stages: list[str] | None,
-           summaries: dict[str, dict[str, Any]]) -> None:
+           summaries: dict[str, dict[str, Any]], log_level: int | None) -> None:
     _die_with_parent(parent)
+    if log_level is not None:  # the parent sends library log records to the run's log: so does the child
+        import logging
+
+        root = logging.getLogger()
+        root.addHandler(logging.StreamHandler(sys.stderr))
+        root.setLevel(log_level)
     from longshort.pipeline.context import seed_everything
 
     ctx = RunContext(config, Path(out), resume, PipeConsole(conn), config_path)  # type: ignore[arg-type]
@@ -89,6 +95,14 @@ def _child(conn: Any, parent: int, run: Callable[[RunContext], dict[str, Any]], 
     conn.close()
 
 
+def _log_level() -> int | None:
+    """The root logger's level when it has handlers (`captured_output` points one at the run's log)."""
+    import logging
+
+    root = logging.getLogger()
+    return root.level if root.handlers else None
+
+
 def run_in_child(stage: Stage, ctx: RunContext) -> tuple[dict[str, Any], float]:
     """Run `stage` in a spawned child process; return its summary and the child's peak resident
     memory (MB). The stage's exception is raised here as it was raised there (the traceback is in
@@ -99,7 +113,7 @@ def run_in_child(stage: Stage, ctx: RunContext) -> tuple[dict[str, Any], float]:
     recv, send = mp.Pipe(duplex=False)
     proc = mp.Process(target=_child, name=f"longshort-{stage.name}", daemon=False,
                       args=(send, os.getpid(), stage.run, ctx.config, str(ctx.out), ctx.resume, ctx.config_path,
-                            ctx.stages, ctx.summaries))
+                            ctx.stages, ctx.summaries, _log_level()))
     sys.stdout.flush()
     sys.stderr.flush()
     proc.start()
