@@ -170,21 +170,6 @@ def test_bf16_is_mixed_precision_with_fp32_master_weights(tmp_path, monkeypatch)
     assert trainer.state.log_history and math.isfinite(trainer.state.log_history[0]["loss"])
 
 
-def test_cpu_bf16_pads_batch_lengths_unless_the_recipe_says(tmp_path):
-    from longshort.training.common import CPU_BF16_PAD_MULTIPLE
-
-    data = _write(tmp_path / "long.jsonl", _records())
-    bf16 = make_trainer(_config(tmp_path, data, max_steps=1, precision="bf16"))
-    if torch.cuda.is_available():
-        pytest.skip("the padding is for CPU training")
-    assert bf16.args.pad_to_multiple_of == CPU_BF16_PAD_MULTIPLE
-    batch = bf16.data_collator([bf16.train_dataset[i] for i in range(2)])
-    assert batch["input_ids"].shape[1] % CPU_BF16_PAD_MULTIPLE == 0  # every batch, one of few lengths
-    assert make_trainer(_config(tmp_path, data, max_steps=1, precision="fp32")).args.pad_to_multiple_of is None
-    own = make_trainer(_config(tmp_path, data, max_steps=1, precision="bf16", trainer={"pad_to_multiple_of": 8}))
-    assert own.args.pad_to_multiple_of == 8
-
-
 def test_examples_over_max_length_are_dropped_and_counted_never_cut(tmp_path, caplog):
     from longshort.training.sft import build_dataset, tokenize_example
 
@@ -271,3 +256,17 @@ def test_training_trims_the_c_heap_after_every_micro_batch(tmp_path, monkeypatch
     assert len(calls) == 2 * 2 + 1
     monkeypatch.undo()
     models.trim_heap()  # the real one is harmless wherever it runs (a no-op without glibc)
+
+
+def test_importing_models_bounds_onednn_kernel_cache_unless_the_environment_sets_it():
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, longshort.models as m; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], m.ONEDNN_KERNEL_CACHE)"
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["128", "128"]
+    out = subprocess.run([sys.executable, "-c", code], env=env | {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "7"},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["7", "128"]  # the user's setting wins
