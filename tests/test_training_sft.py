@@ -257,16 +257,3 @@ def test_training_trims_the_c_heap_after_every_micro_batch(tmp_path, monkeypatch
     monkeypatch.undo()
     models.trim_heap()  # the real one is harmless wherever it runs (a no-op without glibc)
 
-
-def test_importing_models_bounds_onednn_kernel_cache_unless_the_environment_sets_it():
-    import os
-    import subprocess
-    import sys
-
-    code = "import os, longshort.models as m; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], m.ONEDNN_KERNEL_CACHE)"
-    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["128", "128"]
-    out = subprocess.run([sys.executable, "-c", code], env=env | {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "7"},
-                         capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["7", "128"]  # the user's setting wins

