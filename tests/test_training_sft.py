@@ -256,4 +256,3 @@ def test_training_trims_the_c_heap_after_every_micro_batch(tmp_path, monkeypatch
     assert len(calls) == 2 * 2 + 1
     monkeypatch.undo()
     models.trim_heap()  # the real one is harmless wherever it runs (a no-op without glibc)
-
