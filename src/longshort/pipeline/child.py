@@ -27,7 +27,7 @@ from typing import Any
 
 from longshort.config import PipelineConfig
 from longshort.errors import LongshortError
-from longshort.pipeline.context import RunContext, Stage
+from longshort.pipeline.context import RunContext, Stage, peak_rss_mb, seed_everything
 
 
 class PipeConsole:
@@ -59,12 +59,6 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _peak_mb() -> float:
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
-
-
 def _child(conn: Any, parent: int, run: Callable[[RunContext], dict[str, Any]], config: PipelineConfig,
            out: str, resume: bool, config_path: str, stages: list[str] | None,
            summaries: dict[str, dict[str, Any]], log_level: int | None) -> None:
@@ -75,14 +69,12 @@ def _child(conn: Any, parent: int, run: Callable[[RunContext], dict[str, Any]], 
         root = logging.getLogger()
         root.addHandler(logging.StreamHandler(sys.stderr))
         root.setLevel(log_level)
-    from longshort.pipeline.context import seed_everything
-
     ctx = RunContext(config, Path(out), resume, PipeConsole(conn), config_path)  # type: ignore[arg-type]
     ctx.stages, ctx.summaries = stages, summaries
     seed_everything(config.seed)
     try:
         summary = run(ctx)
-        reply: tuple[Any, ...] = ("done", summary, _peak_mb())
+        reply: tuple[Any, ...] = ("done", summary, peak_rss_mb())  # with what it launched
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent, which raises it
         traceback.print_exc()  # into the run's log
         reply = ("error", exc)
