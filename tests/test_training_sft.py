@@ -170,6 +170,21 @@ def test_bf16_is_mixed_precision_with_fp32_master_weights(tmp_path, monkeypatch)
     assert trainer.state.log_history and math.isfinite(trainer.state.log_history[0]["loss"])
 
 
+def test_cpu_bf16_pads_batch_lengths_unless_the_recipe_says(tmp_path):
+    from longshort.training.common import CPU_BF16_PAD_MULTIPLE
+
+    data = _write(tmp_path / "long.jsonl", _records())
+    bf16 = make_trainer(_config(tmp_path, data, max_steps=1, precision="bf16"))
+    if torch.cuda.is_available():
+        pytest.skip("the padding is for CPU training")
+    assert bf16.args.pad_to_multiple_of == CPU_BF16_PAD_MULTIPLE
+    batch = bf16.data_collator([bf16.train_dataset[i] for i in range(2)])
+    assert batch["input_ids"].shape[1] % CPU_BF16_PAD_MULTIPLE == 0  # every batch, one of few lengths
+    assert make_trainer(_config(tmp_path, data, max_steps=1, precision="fp32")).args.pad_to_multiple_of is None
+    own = make_trainer(_config(tmp_path, data, max_steps=1, precision="bf16", trainer={"pad_to_multiple_of": 8}))
+    assert own.args.pad_to_multiple_of == 8
+
+
 def test_examples_over_max_length_are_dropped_and_counted_never_cut(tmp_path, caplog):
     from longshort.training.sft import build_dataset, tokenize_example
 

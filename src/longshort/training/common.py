@@ -93,13 +93,31 @@ OUR_NAMES = {"output_dir": "out", "max_steps": "max_steps", "num_train_epochs": 
              "hub_model_id": "hub_model_id", "hub_private_repo": "hub_private_repo"}
 
 
+#: `pad_to_multiple_of` for CPU training in bf16 when the recipe's `trainer:` sets none. oneDNN, which
+#: runs a CPU's bf16 matmuls, builds and caches kernels for every matmul shape it meets, so batches of
+#: every length made resident memory grow step after step: the quickstart baseline SFT (SmolLM2-135M,
+#: 1 x 8, checkpointing) from 2,154 to 2,628 MiB over 6 steps, against a flat 2,097 MiB for 10 steps
+#: with lengths padded to a multiple of 64, and its step peak 4,297 -> 3,688 MiB (docs/training.md).
+#: fp32 matmuls do not go through oneDNN's cache, and TRL's own "auto" pads only on Neuron.
+CPU_BF16_PAD_MULTIPLE = 64
+
+
+def shape_padding(flags: dict[str, bool], trainer: dict[str, Any]) -> dict[str, Any]:
+    """TRL's `pad_to_multiple_of` for `precision_flags` result `flags`: `CPU_BF16_PAD_MULTIPLE` on a
+    CPU in bf16 unless the recipe's `trainer:` mapping sets it (then that is passed as it is)."""
+    if flags.get("bf16") and flags.get("use_cpu") and "pad_to_multiple_of" not in trainer:
+        return {"pad_to_multiple_of": CPU_BF16_PAD_MULTIPLE}
+    return {}
+
+
 def shared_arguments(config: Any) -> dict[str, Any]:
     """The TRL arguments SFT and RL set the same way from their run configs' common fields."""
+    flags = precision_flags(config.precision)
     return dict(max_steps=config.max_steps, num_train_epochs=config.epochs,
                 per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
                 warmup_steps=config.warmup, logging_steps=config.logging_steps, save_steps=config.save_steps,
                 save_total_limit=config.save_total_limit, report_to=report_targets(config.report_to),
-                seed=config.seed, **precision_flags(config.precision),
+                seed=config.seed, **flags, **shape_padding(flags, config.trainer),
                 gradient_checkpointing=config.gradient_checkpointing,  # TRL defaults to True; ours is explicit
                 model_init_kwargs=None,  # we build the model (`load_for_training` takes config.model_init_kwargs)
                 # we push the finished model ourselves (`push_model`), not TRL's checkpoints
