@@ -17,7 +17,7 @@ from longshort.engines import GenerationRequest, SamplingParams, make_engine
 from longshort.engines.base import Completion, Engine, GenerationResult, GenerationSession
 from longshort.engines.hf import HFEngine
 from longshort.engines.sampling import row_uniform, sample_tokens
-from longshort.engines.session import ContinuousSession, DecodeSession
+from longshort.engines.session import ContinuousSession, DecodeSession, PrefixStore
 
 QUESTIONS = ["What is 2+2?", "Name a prime number larger than ten, please, and explain why it is prime.",
              "Hi", "Compute 17 * 23 step by step.", "Is 91 prime?"]
@@ -25,7 +25,7 @@ QUESTIONS = ["What is 2+2?", "Name a prime number larger than ten, please, and e
 
 @pytest.fixture(scope="module")
 def engine() -> HFEngine:
-    return make_engine("tiny-random", device="cpu", join_threshold=0.0)
+    return make_engine("tiny-random", device="cpu", join_threshold=0.0, prefix_cache_tokens=None)
 
 
 def chat(q: str, **params) -> GenerationRequest:
@@ -145,7 +145,7 @@ def test_solver_on_one_session_gives_the_turn_by_turn_dialogues(engine, temperat
     A random model never writes a closing tag, so every seventh token id is made an end of
     sequence: sampled turns then end at different steps and next turns join a running batch
     (greedy, the random model repeats one token, which is not one of them)."""
-    cont = HFEngine.from_model(engine.model, engine.tokenizer, join_threshold=0.0)
+    cont = HFEngine.from_model(engine.model, engine.tokenizer, join_threshold=0.0, prefix_cache_tokens=None)
     ref = HFEngine.from_model(engine.model, engine.tokenizer)
     for e in (cont, ref):
         e._eos = {*e._eos, *range(0, len(engine.tokenizer), 7)}
@@ -154,13 +154,63 @@ def test_solver_on_one_session_gives_the_turn_by_turn_dialogues(engine, temperat
     real = DecodeSession._merge
     monkeypatch.setattr(DecodeSession, "_merge", lambda self, *a: merges.append(self.live) or real(self, *a))
 
+    served = []
+    real_take = PrefixStore.take
+    monkeypatch.setattr(PrefixStore, "take", lambda self, ids: served.append(ids) or real_take(self, ids))
+
     cfg = CollabConfig(max_turns=3, max_new_tokens_long=8, max_new_tokens_short=5, temperature=temperature,
                        top_p=0.9, seed=7, samples=2, max_active=3)
     probs = _problems(4)
     a = solve_problems(probs, long_engine=cont, config=cfg)
     b = solve_problems(probs, long_engine=ref, config=cfg)
     assert [r["id"] for r in a] == [r["id"] for r in b] == [f"p{i}#{k}" for i in range(4) for k in range(2)]
-    assert a == b
+    assert a == b  # later turns prefilled from the store decode as if encoded whole
+    assert served  # every turn's prompt was looked up in the session's store
     if temperature:
         assert any(live > 0 for live in merges)  # turns joined a running batch
         assert len({len(r["turns"]) for r in a}) > 1 and len({t["tokens"] for r in a for t in r["turns"]}) > 2
+
+
+def test_a_prompt_that_continues_a_finished_row_encodes_only_its_new_tokens(engine, monkeypatch):
+    first = chat(QUESTIONS[1], temperature=0.0, max_new_tokens=6, logprobs=True)
+    prompt = engine.encode(engine.render(first))
+    session = engine.open_session()
+    done = _run(session, {0: [first]})[id(first)].completions[0]
+    assert len(session.store) == 1 and session.store.tokens == len(prompt) + done.num_tokens - 1
+    extra = engine.encode(" and then, the next turn:")
+    follow = GenerationRequest(prompt_token_ids=prompt + done.token_ids + extra,
+                               params=SamplingParams(temperature=0.9, max_new_tokens=5, seed=3, logprobs=True))
+    widths = []
+    real = engine._forward
+    monkeypatch.setattr(engine, "_forward", lambda cache, **kw: widths.append(kw["input_ids"].shape[1]) or
+                        real(cache, **kw))
+    got = _run(session, {0: [follow]})[id(follow)].completions[0]
+    assert widths[0] == len(extra) + 1  # the row's last token (never fed) and the new text, not the prompt
+    assert session.store.hits == 1 and session.store.reused == len(prompt) + done.num_tokens - 1
+    monkeypatch.setattr(engine, "_forward", real)
+    [alone] = engine.generate([follow])
+    assert got.token_ids == alone.completions[0].token_ids
+    assert got.logprobs == pytest.approx(alone.completions[0].logprobs, abs=1e-4)
+
+
+def test_prefix_store_takes_the_longest_start_and_keeps_to_its_budget():
+    def kv(n, fill=0.0):
+        return [(torch.full((2, n, 3), fill + i), torch.full((2, n, 3), -fill - i)) for i in range(2)]
+
+    store = PrefixStore(100, min_shared=4)
+    a, b = list(range(30)), list(range(20)) + [99] * 10
+    store.put(a, kv(30))
+    store.put(b, kv(30, 5.0))
+    assert store.take([7] * 10) is None  # nothing shared
+    got = store.take(list(range(25)) + [1, 2])  # shares 25 with a, 20 with b: a's first 25
+    assert got[1][0].shape == (2, 25, 3) and float(got[1][0][0, 0, 0]) == 1.0 and len(store) == 2
+    whole = store.take(a + [5])  # a taken whole leaves the store
+    assert whole[0][0].shape[1] == 30 and len(store) == 1 and store.tokens == 30
+    part = store.take(list(range(10)))  # b's start, one token short: the prompt's last token is encoded
+    assert part[0][0].shape[1] == 9 and float(part[0][0][0, 0, 0]) == 5.0 and len(store) == 1
+    store.put(b + [1, 2], kv(32))  # extends b: b is dropped
+    assert len(store) == 1 and store.tokens == 32
+    store.put(list(range(200, 280)), kv(80))  # over the budget: the least recently used goes
+    assert len(store) == 1 and store.tokens == 80
+    store.put(list(range(3)), kv(3))  # shorter than min_shared: not kept
+    assert store.tokens == 80 and store.hits == 3 and store.reused == 64

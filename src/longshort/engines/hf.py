@@ -21,7 +21,9 @@ row of one batch its own stop strings, seed, temperature and token limit. What i
   per batch, and `open_session()` gives continuous batching: new requests join the running
   decode batch (their prompts prefilled apart, the KV caches merged left-padded) while finished
   rows leave it, so a caller that feeds requests as results come back (the solver's dialogues)
-  keeps the batch full;
+  keeps the batch full; with `prefix_cache_tokens` a session keeps finished rows' KV caches
+  (`session.PrefixStore`), so a dialogue's next turn encodes only the text added since that
+  role's last turn;
 - optional fast path for GPUs (on by default with CUDA): a static KV cache and a
   `torch.compile`d decoding step, as transformers' own `cache_implementation="static"` does.
 """
@@ -61,6 +63,13 @@ class HFEngineConfig(BaseModel):
         True, description="Encode shared prefixes once: a prompt's KV cache serves its n samples and every "
                           "prompt of the batch that it begins (engines.prefill). False re-encodes each row's "
                           "prompt; only useful as a benchmark baseline.")
+    prefix_cache_tokens: int | None = Field(
+        0, ge=0,
+        description="Continuous sessions (`open_session`) keep each finished row's KV cache, up to this many "
+                    "tokens, for later prompts that begin with it (a dialogue's next turn of the same role "
+                    "encodes only what was added since); None = half the token budget; 0 = off (the default: "
+                    "on CPU with dialogues of 2-4 short turns it saved no measurable time, docs/engines.md, "
+                    "while it holds memory). Also off with reuse_prefix False.")
     fast_path: Literal["auto", "on", "off"] = Field(
         "auto", description="Static KV cache + torch.compile'd decode step; auto = on when the model is on "
                             "CUDA (where it pays off), off on CPU (compilation costs more than it saves).")
@@ -102,11 +111,11 @@ class HFEngine(Engine):
                  token_budget: int | None = None, reuse_prefix: bool = True, device: str | None = None,
                  dtype: Any = None, fast_path: str = "auto", compile: bool | None = None,
                  fp32_logits: bool = True, join_threshold: float | None = None,
-                 config: HFEngineConfig | None = None):
+                 prefix_cache_tokens: int | None = 0, config: HFEngineConfig | None = None):
         cfg = config or HFEngineConfig(
             batch_size=batch_size, token_budget=token_budget, reuse_prefix=reuse_prefix,
             device=device, dtype=None if dtype is None else str(dtype), fast_path=fast_path,
-            compile=compile, fp32_logits=fp32_logits,
+            compile=compile, fp32_logits=fp32_logits, prefix_cache_tokens=prefix_cache_tokens,
             **({} if join_threshold is None else {"join_threshold": join_threshold}))
         self.config = cfg
         self.spec: str | None = model if isinstance(model, str) else None
@@ -135,6 +144,8 @@ class HFEngine(Engine):
         self._specials = sorted((t for t in self.tokenizer.all_special_tokens if t), key=len, reverse=True)
         self._rows_cap = cfg.batch_size or (256 if self.device.type == "cuda" else 64)
         self._budget = cfg.token_budget or self._default_budget()
+        store = cfg.prefix_cache_tokens
+        self._store_tokens = 0 if not cfg.reuse_prefix else (self._budget // 2 if store is None else store)
         self._compiled = None
         self._mergeable: bool | None = None
 

@@ -11,6 +11,9 @@ been encoded alone (up to floating-point differences between batch shapes, which
 near-ties). Rows are left-padded; the masked columns cost attention time, not MLP time.
 
 `reuse=False` encodes every row's prompt separately (the baseline of `benchmarks/`).
+
+`prefill_stored` encodes prompts whose start is already cached from an earlier row (a
+continuous session's `PrefixStore`): only the rest of each prompt goes through the model.
 """
 
 from __future__ import annotations
@@ -172,3 +175,61 @@ def _left_padded(seqs: Sequence[Sequence[int]], width: int, pad: int) -> tuple[A
             ids[k, width - len(seq):] = torch.tensor(list(seq))
             mask[k, width - len(seq):] = 1
     return ids, mask
+
+
+def common_start(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens `a` and `b` share (binary search over C-speed slice compares).
+
+    >>> common_start([1, 2, 3, 4], [1, 2, 5]), common_start([1], [2]), common_start([7, 8], [7, 8, 9])
+    (2, 0, 2)
+    """
+    lo, hi = 0, min(len(a), len(b))
+    if a[:hi] == b[:hi]:
+        return hi
+    while lo < hi - 1:  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def prefill_stored(forward: Callable[..., Any], cache: Any, prompts: Sequence[Sequence[int]],
+                   starts: Sequence[Sequence[tuple[Any, Any]]], row_prompts: Sequence[int], *, pad: int,
+                   device: Any) -> tuple[Any, Any, Any]:
+    """Encode prompts whose first tokens' KV cache is already known (`starts[i]`: per layer, the
+    keys and values of prompt i's first n_i tokens, each H × n_i × D, n_i < len(prompt i)): the
+    known starts go into `cache` left-padded to a common width, then every prompt's rest is
+    encoded after its own start in one forward pass, with position ids continuing from n_i (the
+    two regions may leave masked columns between a short start and its rest, as `prefill` does).
+    Same returns as `prefill`: next-token logits per row, attention mask and last position ids."""
+    import torch
+
+    lengths = [int(layers[0][0].shape[1]) for layers in starts]
+    U, W1 = len(prompts), max(lengths)
+    for li in range(len(starts[0])):
+        k0, v0 = starts[0][li]
+        keys = k0.new_zeros((U, k0.shape[0], W1, k0.shape[2]))
+        values = v0.new_zeros((U, v0.shape[0], W1, v0.shape[2]))
+        for u, layers in enumerate(starts):
+            k, v = layers[li]
+            keys[u, :, W1 - lengths[u]:] = k
+            values[u, :, W1 - lengths[u]:] = v
+        cache.update(keys, values, li)
+    mask1 = torch.zeros((U, W1), dtype=torch.long)
+    for u, n in enumerate(lengths):
+        mask1[u, W1 - n:] = 1
+    rests = [list(p[n:]) for p, n in zip(prompts, lengths, strict=True)]
+    S = max(len(r) for r in rests)
+    ids, mask2 = _left_padded(rests, S, pad)
+    ids, mask = ids.to(device), torch.cat([mask1, mask2], dim=1).to(device)
+    shift = torch.tensor(lengths, device=device)[:, None]
+    pos = (mask2.to(device).cumsum(-1) - 1).clamp(min=0) + shift
+    logits = forward(cache, input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1, :]
+    last = torch.tensor([len(p) - 1 for p in prompts], device=device)
+    if list(row_prompts) != list(range(U)):
+        src = torch.tensor(list(row_prompts), device=device)
+        cache.batch_select_indices(src)
+        logits, mask, last = logits[src], mask[src], last[src]
+    return logits, mask, last

@@ -12,6 +12,10 @@ a copy of all of it, so both are batched:
   no row attends to any more (the cache would otherwise only grow);
 - without a join, finished rows are dropped once they are `compact_threshold` of the batch.
 
+With a `PrefixStore` (continuous sessions), a row that finishes leaves its keys and values
+behind, and a prompt that begins with a stored sequence is prefilled from there: a dialogue's
+next turn of one role encodes only the partner's turn written since, not the whole dialogue.
+
 A row's sampling state is its own: its seed, and its step (tokens generated so far) in the
 counter-based sampler, so a seeded request samples the same tokens whatever else is in its batch
 and whenever it joined (up to floating-point differences between batch shapes, which only
@@ -29,6 +33,7 @@ and `HFEngine.open_session` falls back to the base class's batch-at-a-time sessi
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +45,7 @@ from longshort.engines.base import (
     GenerationSession,
     SamplingParams,
 )
+from longshort.engines.prefill import MIN_SHARED, common_start, prefill_stored
 from longshort.engines.sampling import row_seed, sample_tokens
 from longshort.errors import LongshortError
 
@@ -66,6 +72,7 @@ class _Row:
     stops: list[str]
     window: int  # tokens decoded to look for a stop string
     want_lp: bool
+    prompt: list[int]
     toks: list[int] = field(default_factory=list)
     lps: list[float] = field(default_factory=list)
     done: bool = False
@@ -101,6 +108,67 @@ def can_merge(model: Any) -> bool:
     return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
 
 
+class PrefixStore:
+    """The KV cache of finished rows, kept for later prompts that begin with the same tokens
+    (prefix caching across requests, as vLLM's automatic prefix caching does). A dialogue's next
+    turn for one role begins with that role's previous prompt and turn: with the store only the
+    partner's turn after them is encoded, not the whole dialogue again.
+
+    An entry is one finished row's sequence (its prompt and the tokens fed after it) with its keys
+    and values per layer (H × T × D, copied out of the batch). A new prompt takes the entry it
+    shares the longest start with, if that start is at least `min_shared` tokens (cut one token
+    short of the prompt, whose next-token logits must be computed). An entry taken whole leaves
+    the store: the row that continues it stores the longer sequence when it finishes, and an entry
+    that a new one extends is dropped. Beyond `budget` tokens the least recently used entries go.
+    """
+
+    def __init__(self, budget: int, *, min_shared: int = MIN_SHARED):
+        self.budget, self.min_shared = budget, min_shared
+        self.entries: OrderedDict[int, tuple[list[int], list[tuple[Any, Any]]]] = OrderedDict()
+        self.tokens = 0
+        self._key = 0
+        self.lookups = self.hits = self.reused = 0  # prompts looked up, prompts served, tokens not encoded
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def put(self, ids: list[int], layers: list[tuple[Any, Any]]) -> None:
+        if len(ids) < self.min_shared or len(ids) > self.budget:
+            return
+        for key, (old, _) in list(self.entries.items()):
+            if len(old) <= len(ids) and ids[:len(old)] == old:
+                self._drop(key)
+        self.entries[self._key] = (ids, layers)
+        self._key += 1
+        self.tokens += len(ids)
+        while self.tokens > self.budget:
+            self._drop(next(iter(self.entries)))
+
+    def take(self, ids: list[int]) -> list[tuple[Any, Any]] | None:
+        """Keys and values of the longest stored start of `ids` (per layer, H × n × D), or None."""
+        self.lookups += 1
+        best, n = None, 0
+        for key, (old, _) in self.entries.items():
+            m = common_start(old, ids)
+            if m > n:
+                best, n = key, m
+        n = min(n, len(ids) - 1)
+        if best is None or n < self.min_shared:
+            return None
+        old, layers = self.entries[best]
+        if n == len(old):
+            self._drop(best)
+        else:
+            self.entries.move_to_end(best)
+        self.hits += 1
+        self.reused += n
+        return [(k[:, :n], v[:, :n]) for k, v in layers]
+
+    def _drop(self, key: int) -> None:
+        ids, _ = self.entries.pop(key)
+        self.tokens -= len(ids)
+
+
 class DecodeSession:
     """A decode batch advanced step by step; see the module docstring.
 
@@ -109,12 +177,15 @@ class DecodeSession:
     rows_cap, budget: limits on the rows decoded together and on rows × (cache width + tokens
     still to generate); None = no limit (`generate` packs its batches itself).
     join_threshold: rows waiting, as a fraction of the live rows, that trigger a join.
+    store: a `PrefixStore` that keeps each finished row's KV cache for later prompts that begin
+    with its tokens (continuous sessions; not on the static path).
     """
 
     def __init__(self, engine: Any, *, static: bool = False, rows_cap: int | None = None,
-                 budget: int | None = None, join_threshold: float = 0.0):
+                 budget: int | None = None, join_threshold: float = 0.0, store: PrefixStore | None = None):
         self.engine = engine
         self.static = static
+        self.store = None if static else store
         self.rows_cap, self.budget = rows_cap, budget
         self.join_threshold = join_threshold
         self.pending: list[Unit] = []
@@ -173,6 +244,8 @@ class DecodeSession:
             r.done = True
             c.logprobs = list(r.lps) if r.want_lp else None
             finished.append((r.req, r.sample, c))
+            if self.store is not None:
+                self._keep(k, r)
         if n_live == 0:
             self._reset()
         else:
@@ -201,6 +274,14 @@ class DecodeSession:
         if bool(self.fresh.any()):
             logits = torch.where(self.fresh[:, None], self.logits.to(logits.dtype), logits)
         self.logits = logits
+
+    def _keep(self, k: int, r: _Row) -> None:
+        """Copy finished row k's keys and values (its prompt and the tokens fed after it) into the store."""
+        seq = r.prompt + r.toks[:-1]  # the last sampled token was never fed
+        cols = self.mask[k].nonzero().squeeze(1)
+        if cols.numel() != len(seq):
+            return
+        self.store.put(seq, [(layer.keys[k, :, cols], layer.values[k, :, cols]) for layer in self.cache.layers])
 
     def _compact(self) -> None:
         """Drop the finished rows once they are `compact_threshold` of the batch."""
@@ -249,6 +330,19 @@ class DecodeSession:
         return True
 
     def _join(self, units: list[Unit]) -> None:
+        """Prefill `units` and add their rows to the batch: the prompts with a start in the store
+        from there (`prefill.prefill_stored`), the others in one `HFEngine._prefill`."""
+        if self.store is None:
+            return self._join_part(units, None)
+        starts = [self.store.take(u.ids) for u in units]
+        known = [k for k, s in enumerate(starts) if s is not None]
+        rest = [units[k] for k, s in enumerate(starts) if s is None]
+        if known:
+            self._join_part([units[k] for k in known], [starts[k] for k in known])
+        if rest:
+            self._join_part(rest, None)
+
+    def _join_part(self, units: list[Unit], starts: list[Any] | None) -> None:
         import torch
         from transformers import DynamicCache
 
@@ -256,14 +350,19 @@ class DecodeSession:
         dev = eng.device
         pairs = [(ui, j) for ui, u in enumerate(units) for j in u.samples]
         cache = DynamicCache(config=eng.model.config)
-        logits, mask, last = eng._prefill(cache, [u.ids for u in units], [ui for ui, _ in pairs])
+        row_prompts = [ui for ui, _ in pairs]
+        if starts is None:
+            logits, mask, last = eng._prefill(cache, [u.ids for u in units], row_prompts)
+        else:
+            logits, mask, last = prefill_stored(eng._forward, cache, [u.ids for u in units], starts, row_prompts,
+                                                pad=eng.tokenizer.pad_token_id, device=dev)
         rows = []
         for ui, j in pairs:
             p = units[ui].params
             stops = list(p.stop or [])
             # a stop of k characters spans at most ~4k byte-level tokens; +8 for merges around it
             window = 4 * max((len(s) for s in stops), default=0) + 8
-            rows.append(_Row(units[ui].req, j, p.max_new_tokens, stops, window, p.logprobs))
+            rows.append(_Row(units[ui].req, j, p.max_new_tokens, stops, window, p.logprobs, units[ui].ids))
         params = [units[ui].params for ui, _ in pairs]
         R = len(rows)
         temperature = torch.tensor([p.temperature for p in params], device=dev, dtype=torch.float32)
@@ -322,13 +421,16 @@ class ContinuousSession(GenerationSession):
     """`HFEngine.open_session()`: continuous batching over one `DecodeSession`. Each `step()` is one
     decode step; requests added in between join the running batch (in batched joins, see
     `HFEngineConfig.join_threshold`), and a request's result comes back as soon as its n samples
-    are done. Rows are limited by the engine's `batch_size` and `token_budget`; out of memory
+    are done. Finished rows' KV caches stay in a `PrefixStore` (`HFEngineConfig.prefix_cache_tokens`)
+    for the session's later prompts that begin with them, such as a dialogue's next turn. Rows are limited by the engine's `batch_size` and `token_budget`; out of memory
     is an error here (lower `batch_size`, or the caller's number of requests in flight)."""
 
     def __init__(self, engine: Any):
         super().__init__(engine)
+        tokens = engine._store_tokens
+        self.store = PrefixStore(tokens) if tokens else None
         self.decode = DecodeSession(engine, rows_cap=engine._rows_cap, budget=engine._budget,
-                                    join_threshold=engine.config.join_threshold)
+                                    join_threshold=engine.config.join_threshold, store=self.store)
         self._open: dict[int, tuple[GenerationRequest, int, list[Completion | None]]] = {}
         self._tickets = 0
 
@@ -350,6 +452,9 @@ class ContinuousSession(GenerationSession):
         self.decode.pending.clear()
         self.decode._reset()
         self._open.clear()
+        if self.store is not None:
+            self.store.entries.clear()
+            self.store.tokens = 0
 
     def step(self) -> list[tuple[GenerationRequest, GenerationResult]]:
         import torch
