@@ -111,7 +111,8 @@ class HFEngine(Engine):
                  token_budget: int | None = None, reuse_prefix: bool = True, device: str | None = None,
                  dtype: Any = None, fast_path: str = "auto", compile: bool | None = None,
                  fp32_logits: bool = True, join_threshold: float | None = None,
-                 prefix_cache_tokens: int | None = 0, config: HFEngineConfig | None = None):
+                 prefix_cache_tokens: int | None = HFEngineConfig.model_fields["prefix_cache_tokens"].default,
+                 config: HFEngineConfig | None = None):
         cfg = config or HFEngineConfig(
             batch_size=batch_size, token_budget=token_budget, reuse_prefix=reuse_prefix,
             device=device, dtype=None if dtype is None else str(dtype), fast_path=fast_path,

@@ -127,10 +127,15 @@ class PrefixStore:
         self.entries: OrderedDict[int, tuple[list[int], list[tuple[Any, Any]]]] = OrderedDict()
         self.tokens = 0
         self._key = 0
-        self.lookups = self.hits = self.reused = 0  # prompts looked up, prompts served, tokens not encoded
+        self.hits = self.reused = 0  # prompts served from the store, tokens they did not encode
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def clear(self) -> None:
+        """Drop every entry (their keys and values); the counters stay."""
+        self.entries.clear()
+        self.tokens = 0
 
     def put(self, ids: list[int], layers: list[tuple[Any, Any]]) -> None:
         if len(ids) < self.min_shared or len(ids) > self.budget:
@@ -146,7 +151,6 @@ class PrefixStore:
 
     def take(self, ids: list[int]) -> list[tuple[Any, Any]] | None:
         """Keys and values of the longest stored start of `ids` (per layer, H × n × D), or None."""
-        self.lookups += 1
         best, n = None, 0
         for key, (old, _) in self.entries.items():
             m = common_start(old, ids)
@@ -421,9 +425,10 @@ class ContinuousSession(GenerationSession):
     """`HFEngine.open_session()`: continuous batching over one `DecodeSession`. Each `step()` is one
     decode step; requests added in between join the running batch (in batched joins, see
     `HFEngineConfig.join_threshold`), and a request's result comes back as soon as its n samples
-    are done. Finished rows' KV caches stay in a `PrefixStore` (`HFEngineConfig.prefix_cache_tokens`)
-    for the session's later prompts that begin with them, such as a dialogue's next turn. Rows are limited by the engine's `batch_size` and `token_budget`; out of memory
-    is an error here (lower `batch_size`, or the caller's number of requests in flight)."""
+    are done. With `HFEngineConfig.prefix_cache_tokens`, finished rows' KV caches stay in a
+    `PrefixStore` for the session's later prompts that begin with them, such as a dialogue's next
+    turn. Rows are limited by the engine's `batch_size` and `token_budget`; out of memory is an
+    error here (lower `batch_size`, or the caller's number of requests in flight)."""
 
     def __init__(self, engine: Any):
         super().__init__(engine)
@@ -453,8 +458,7 @@ class ContinuousSession(GenerationSession):
         self.decode._reset()
         self._open.clear()
         if self.store is not None:
-            self.store.entries.clear()
-            self.store.tokens = 0
+            self.store.clear()
 
     def step(self) -> list[tuple[GenerationRequest, GenerationResult]]:
         import torch
