@@ -169,6 +169,39 @@ def test_one_grpo_step_changes_the_policy_and_not_the_partner(models, tmp_path, 
         assert key in logs, key
 
 
+def test_compact_head_logprobs_and_entropies_equal_trls_fused_head(tmp_path, problems_file):
+    """On the CPU the trained role's log-probabilities come from the completion's logits only
+    (`training.lm_head`): equal to TRL's fused head at the sampling temperature, gradients too,
+    zero on padding; left-padded prompts, right-padded completions."""
+    partner = HFEngine("tiny-random", device="cpu")
+    out = {}
+    for compact in (True, False):
+        cfg = RLRunConfig(long="tiny-random", short="tiny-random", data=str(problems_file), out=str(tmp_path / "o"),
+                          iterations=1, max_steps=1, num_generations=2, batch_size=2, report_to="none",
+                          precision="fp32", temperature=0.7, compact_head=compact, dialogue=_dialogue_config())
+        trainer = make_trainer(cfg, "long", "tiny-random", partner, tmp_path / f"ck{compact}",
+                               load_problems(str(problems_file)), reward_funcs=[_length_reward])
+        assert type(trainer).__name__.startswith("CompactHead") == compact
+        torch.manual_seed(0)
+        ids = torch.randint(3, 200, (3, 14))
+        mask = torch.ones_like(ids)
+        mask[0, :2] = 0  # a left-padded prompt
+        mask[1, -3:] = 0  # a completion padded on the right
+        trainer.model.zero_grad()
+        logps, ents, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, 6, batch_size=2,
+                                                                    compute_entropy=True)
+        (logps * torch.arange(1.0, 7.0)).sum().backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        out[compact] = (logps.detach(), ents.detach(), grads)
+    (lc, ec, gc), (lt, et, gt) = out[True], out[False]
+    assert lc.shape == lt.shape == (3, 6) and (lc[1, -3:] == 0).all()
+    torch.testing.assert_close(lc, lt, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ec, et, rtol=1e-5, atol=1e-5)
+    assert gc.keys() == gt.keys()
+    for name in gt:  # sums over the vocabulary in another order: ~1e-5 on gradients up to ~25
+        torch.testing.assert_close(gc[name], gt[name], rtol=1e-4, atol=1e-4, msg=name)
+
+
 def test_alternation_writes_each_iteration_and_swaps_partners(models, tmp_path, problems_file):
     out = tmp_path / "rl"
     cfg = RLRunConfig(long=models["long"], short=models["short"], data=str(problems_file), out=str(out),

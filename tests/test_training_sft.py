@@ -271,3 +271,31 @@ def test_training_trims_the_c_heap_after_every_micro_batch(tmp_path, monkeypatch
     assert len(calls) == 2 * 2 + 1
     monkeypatch.undo()
     models.trim_heap()  # the real one is harmless wherever it runs (a no-op without glibc)
+
+
+def test_compact_head_loss_and_gradients_equal_trls_fused_head(tmp_path):
+    """The CPU loss (`training.lm_head`: the completion's logits only) is TRL's loss: same value,
+    same gradients (fp32), same metrics; the default picks it off CUDA/XPU only."""
+    from longshort.training.lm_head import use_compact_head
+
+    assert use_compact_head(None, "cpu") and not use_compact_head(None, "cuda")
+    assert use_compact_head(True, "cuda") and not use_compact_head(False, "cpu")
+    data = _write(tmp_path / "long.jsonl", _records(n=6))
+    results = {}
+    for compact in (True, False):
+        trainer = make_trainer(_config(tmp_path, data, precision="fp32", compact_head=compact))
+        assert (type(trainer).__name__ == "CompactHeadSFTTrainer") == compact
+        batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        assert (batch["labels"] == -100).any() and (batch["labels"] != -100).any()  # prompts are masked
+        trainer.model.zero_grad()
+        loss = trainer.compute_loss(trainer.model, batch, num_items_in_batch=int((batch["labels"][:, 1:] != -100).sum()))
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        results[compact] = (loss.item(), grads, {k: v[-1] for k, v in trainer._metrics["train"].items()})
+    (loss_c, grads_c, metrics_c), (loss_t, grads_t, metrics_t) = results[True], results[False]
+    assert loss_c == pytest.approx(loss_t, rel=1e-5) and loss_c > 0
+    assert grads_c.keys() == grads_t.keys()
+    for name in grads_t:
+        torch.testing.assert_close(grads_c[name], grads_t[name], rtol=1e-4, atol=1e-6, msg=name)
+    for key in ("entropy", "mean_token_accuracy", "num_tokens"):
+        assert metrics_c[key] == pytest.approx(metrics_t[key], rel=1e-5), key

@@ -53,6 +53,7 @@ from longshort.training.common import (
     trainer_arguments,
     write_done_marker,
 )
+from longshort.training.lm_head import trainer_class
 from longshort.training.partner_server import PartnerServer, check_partner_server, managed_partner
 from longshort.training.policy_decode import PolicyTurn, policy_generate
 from longshort.training.rl_config import OTHER, RLRunConfig, generation_batch_problem
@@ -143,9 +144,10 @@ def make_trainer(config: RLRunConfig, role: Role, policy_spec: str, partner: Eng
 
         peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
-    return GRPOTrainer(model=model, reward_funcs=scorer.readers(), args=args,
-                       train_dataset=problems_dataset(problems), processing_class=tok, rollout_func=rollout,
-                       peft_config=peft_config, callbacks=[heap_trim_callback()])
+    cls = trainer_class(GRPOTrainer, config.compact_head, args.device.type)
+    return cls(model=model, reward_funcs=scorer.readers(), args=args,
+               train_dataset=problems_dataset(problems), processing_class=tok, rollout_func=rollout,
+               peft_config=peft_config, callbacks=[heap_trim_callback()])
 
 
 def _filter_problems(config: RLRunConfig, role: Role, partner: Engine, ckpt_dir: str | Path,

@@ -13,7 +13,15 @@ from pydantic import BaseModel, Field, model_validator
 from longshort.dialogue.collab import CollabConfig
 from longshort.dialogue.protocol import Role
 from longshort.training import rewards as R
-from longshort.training.common import HUB_HELP, HUB_ID_HELP, MODEL_INIT_HELP, InitKwargs, Precision
+from longshort.training.common import (
+    HUB_HELP,
+    HUB_ID_HELP,
+    MODEL_INIT_HELP,
+    PRECISION_HELP,
+    InitKwargs,
+    Precision,
+)
+from longshort.training.lm_head import COMPACT_HEAD_HELP
 
 OTHER: dict[str, Role] = {"long": "short", "short": "long"}
 
@@ -106,9 +114,10 @@ class RLRunConfig(BaseModel):
     save_steps: int = Field(50, ge=1, description="checkpoint every N steps (resume point)")
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept per iteration")
     logging_steps: int = Field(1, ge=1, description="log rewards/accuracy/tokens every N steps (1: RL steps are slow)")
-    precision: Precision = Field("auto", description="auto = bf16 on a CUDA GPU that has it, else fp32")
+    precision: Precision = Field("auto", description=PRECISION_HELP)
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory "
                                          "on long dialogues for about a third more compute (the CPU recipes use it)")
+    compact_head: bool | None = Field(None, description=COMPACT_HEAD_HELP)
     report_to: str = Field("tensorboard", description="tensorboard (default), wandb, 'tensorboard,wandb' or none")
     resume: bool = Field(False, description="skip finished iterations and continue the current one from its newest "
                          "checkpoint")

@@ -54,6 +54,7 @@ from longshort.training.common import (
     trainer_arguments,
     write_done_marker,
 )
+from longshort.training.lm_head import COMPACT_HEAD_HELP, trainer_class
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class SFTRunConfig(BaseModel):
     precision: Precision = Field("auto", description=PRECISION_HELP)
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: about a third "
                                          "more compute for much less memory (the CPU recipes use it)")
+    compact_head: bool | None = Field(None, description=COMPACT_HEAD_HELP)
     report_to: str = Field("tensorboard", description="tensorboard (default), wandb, 'tensorboard,wandb' or none")
     resume: bool = Field(False, description="continue from the newest checkpoint in OUT/checkpoints (or skip if finished)")
     skip_bad: bool = Field(False, description="skip and count malformed records instead of stopping")
@@ -218,8 +220,9 @@ def make_trainer(config: SFTRunConfig, records: list[dict[str, Any]] | None = No
 
         peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                                  target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
-                         peft_config=peft_config, callbacks=[heap_trim_callback()])
+    cls = trainer_class(SFTTrainer, config.compact_head, args.device.type)
+    trainer = cls(model=model, args=args, train_dataset=dataset, processing_class=tok,
+                  peft_config=peft_config, callbacks=[heap_trim_callback()])
     trainer._longshort_dropped = dropped
     return trainer
 
