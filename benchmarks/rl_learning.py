@@ -172,11 +172,17 @@ def curve(log_history: list[dict], key: str, window: int) -> tuple[float, float,
 
 
 def _rl_config(args, specs: dict, data: Path, out: Path, seed: int, dialogue, batch_size: int):
+    """One GRPO iteration whose optimizer step sees `batch_size` dialogues, generated together and
+    trained `--micro-batch` at a time with activation checkpointing (as the CPU recipes do: the
+    whole generation batch in one forward pass needs ~24 GB at 8 problems x 4 dialogues of ~600
+    tokens)."""
     from longshort.training.rl import RLRunConfig
 
+    micro = max(d for d in range(1, min(args.micro_batch, batch_size) + 1) if batch_size % d == 0)
     return RLRunConfig(long=specs["long"], short=specs["short"], data=str(data), out=str(out), iterations=1,
                        first=args.role, max_steps=args.steps, num_generations=args.num_generations,
-                       batch_size=batch_size, lr=args.lr, lr_scheduler_type="constant", dialogue=dialogue,
+                       batch_size=micro, grad_accum=batch_size // micro, gradient_checkpointing=True,
+                       lr=args.lr, lr_scheduler_type="constant", dialogue=dialogue,
                        report_to="none", save_steps=10**6, logging_steps=1, seed=seed, resume=True,
                        temperature=args.temperature, dynamic_sampling=not args.no_dynamic_sampling,
                        dynamic_max_rounds=args.dynamic_max_rounds,
@@ -240,15 +246,35 @@ def run_real(args, out: Path) -> dict:
     held = make_problems(args.eval_problems, 10_000, num_ops=args.num_ops, max_operand=args.max_operand,
                          prefix="held-")
     before_all, after_all, per_seed, timings = [], [], [], []
+    shared = None
+    if args.shared_sft and not (args.long_sft and args.short_sft):
+        # one cold start (seed 0's training problems), the starting point of every seed's RL run
+        t0 = time.time()
+        train0 = make_problems(args.train_problems, 0, num_ops=args.num_ops, max_operand=args.max_operand,
+                               prefix="s0-")
+        (out / "cold_start").mkdir(parents=True, exist_ok=True)
+        shared = cold_start(args.model, train0, out / "cold_start", steps=args.sft_steps, lr=args.sft_lr, seed=0)
+        print(f"shared cold start: {time.time() - t0:.0f} s ({args.sft_steps} SFT steps per role)", flush=True)
     for seed in range(args.seeds):
         t_seed = time.time()
         sd = out / f"seed{seed}"
         sd.mkdir(parents=True, exist_ok=True)
+        done = sd / "result.json"
+        if done.exists():  # a finished seed of an interrupted run: its rows, not a rerun
+            saved = json.loads(done.read_text())
+            before_all += saved["before"]
+            after_all += saved["after"]
+            per_seed.append(saved["info"])
+            timings.append(saved["info"]["seed_s"])
+            print(f"seed {seed}: loaded from {done}", flush=True)
+            continue
         train = make_problems(args.train_problems, seed, num_ops=args.num_ops, max_operand=args.max_operand,
                               prefix=f"s{seed}-")
         t0 = time.time()
         if args.long_sft and args.short_sft:
             specs = {"long": args.long_sft, "short": args.short_sft}
+        elif shared:
+            specs = shared
         else:
             specs = cold_start(args.model, train, sd, steps=args.sft_steps, lr=args.sft_lr, seed=seed)
         t_sft = time.time() - t0
@@ -280,6 +306,7 @@ def run_real(args, out: Path) -> dict:
               f"training reward per step {info['reward_curve']}; groups without signal before resampling "
               f"{info['zero_std_groups']}, with signal after {info['signal_groups']}; held-out reward "
               f"{info['before_reward']:.3f} -> {info['after_reward']:.3f}", flush=True)
+        done.write_text(json.dumps({"info": info, "before": before, "after": after}))
         before_all += before
         after_all += after
         per_seed.append(info)
@@ -304,6 +331,8 @@ def main() -> None:
         p.add_argument("--dynamic-max-rounds", type=int, default=3)
         p.add_argument("--eval-samples", type=int, default=2, help="dialogues per held-out problem")
         p.add_argument("--threads", type=int, default=2, help="torch threads")
+        p.add_argument("--micro-batch", type=int, default=2, help="dialogues per forward pass of training "
+                       "(the step's dialogues are accumulated over micro-batches, with activation checkpointing)")
         p.add_argument("--out", default=None, help="run directory (default: a temp dir)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--window", type=int, default=5, help="steps averaged at the start and the end of the curve")
@@ -329,6 +358,8 @@ def main() -> None:
     r.add_argument("--sft-lr", type=float, default=1e-4)
     r.add_argument("--long-sft", default=None, help="SFT'd long model directory (skips the cold start)")
     r.add_argument("--short-sft", default=None, help="SFT'd short model directory")
+    r.add_argument("--shared-sft", action="store_true", help="one cold start (on seed 0's training problems) "
+                   "for every seed; the seeds then differ in RL's problems, sampling and initialisation order")
     r.add_argument("--lr", type=float, default=1e-5)
     r.add_argument("--filter", action="store_true", help="problem_filter: intermediate (a difficulty pre-pass)")
     r.add_argument("--eval-temperature", type=float, default=0.7)
