@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default), so both runs "
                                                                  "should produce the same dialogues")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bf16-logits", action="store_true",
+                    help="a bf16 model's LM head in bf16 too (fp32_logits=False, as vLLM computes logits); "
+                         "default: the engine's fp32 head")
     ap.add_argument("--sequential-first", action="store_true",
                     help="run the one-at-a-time pass first (swap the order to expose drifting CPU load)")
     args = ap.parse_args(argv)
@@ -64,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
                           max_new_tokens_short=args.max_new_tokens_short, temperature=args.temperature,
                           seed=args.seed, max_active=max(len(problems), 1))
     t0 = time.perf_counter()
-    long_engine = make_engine(args.model)
-    short_engine = long_engine if args.short_model in (None, args.model) else make_engine(args.short_model)
+    options = {"fp32_logits": False} if args.bf16_logits else {}
+    long_engine = make_engine(args.model, **options)
+    short_engine = long_engine if args.short_model in (None, args.model) else make_engine(args.short_model, **options)
     engines = (long_engine, short_engine)
     load_s = time.perf_counter() - t0
     # Warm-up (first-call allocations, lazy imports), not timed.
@@ -103,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"collab_throughput: {len(problems)} problems from {Path(args.data).name}, long={args.model}, "
           f"short={args.short_model or args.model}")
     print(f"settings: max_turns={args.max_turns}, max_new_tokens long/short={args.max_new_tokens_long}/"
-          f"{args.max_new_tokens_short}, temperature={args.temperature}, seed={args.seed}")
+          f"{args.max_new_tokens_short}, temperature={args.temperature}, seed={args.seed}, "
+          f"dtype {next(long_engine.model.parameters()).dtype}, "
+          f"LM head {'bf16' if args.bf16_logits else 'fp32'} (both modes)")
     print(f"{header()}; model load {load_s:.1f}s (not timed)")
     print()
     print(f"{'':12} {'gen tokens':>11} {'wall s':>9} {'tokens/s':>10} {'CPU s':>9} {'tokens/CPU-s':>13}")
