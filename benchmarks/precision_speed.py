@@ -41,14 +41,21 @@ def chats(n: int) -> list[list[dict[str, str]]]:
     return [[{"role": "user", "content": rec["problem"]}] for rec in planted(n, seed=3)]
 
 
-def gen_time(engine: HFEngine, reqs: list[GenerationRequest], repeats: int) -> tuple[float, list]:
-    engine.generate(reqs[:1])  # warm-up
-    times, res = [], None
+def gen_times(engines: dict[str, HFEngine], reqs: list[GenerationRequest], repeats: int) -> dict[str, tuple]:
+    """Best wall time of `engine.generate(reqs)` per engine, with its results; one warm-up each,
+    then the engines take turns `repeats` times, so a change in the machine's load hits every
+    variant."""
+    for engine in engines.values():
+        engine.generate(reqs[:1])  # warm-up
+    best: dict[str, tuple] = {name: (float("inf"), None) for name in engines}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        res = engine.generate(reqs)
-        times.append(time.perf_counter() - t0)
-    return min(times), res
+        for name, engine in engines.items():
+            t0 = time.perf_counter()
+            res = engine.generate(reqs)
+            t = time.perf_counter() - t0
+            if t < best[name][0]:
+                best[name] = (t, res)
+    return best
 
 
 def sft_step_time(model, batch, bf16: bool, repeats: int) -> float:
@@ -97,11 +104,7 @@ def main() -> None:
     engines = {name: HFEngine(args.model, device="cpu", dtype=name) for name in ("fp32", "bf16")}
     # the LM head in bf16 too (fp32_logits=False: logits rounded to bf16, then cast up, as vLLM does)
     engines["bf16-head"] = HFEngine(args.model, device="cpu", dtype="bf16", fp32_logits=False)
-    gen = {}
-    for _ in range(args.repeats):  # interleaved, so a change in the machine's load hits every variant
-        for name, eng in engines.items():
-            t, res = gen_time(eng, reqs, 1)
-            gen[name] = (min(t, gen[name][0]), res) if name in gen else (t, res)
+    gen = gen_times(engines, reqs, args.repeats)
 
     tok_fp32 = [c.token_ids for r in gen["fp32"][1] for c in r.completions]
     same_prefix, diffs = {}, {}

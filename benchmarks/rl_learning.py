@@ -61,6 +61,7 @@ def cold_start(model: str, traces: list[dict], out: Path, *, steps: int, lr: flo
     from longshort.dialogue.protocol import render_input
     from longshort.training.sft import SFTRunConfig, run_sft
 
+    out.mkdir(parents=True, exist_ok=True)
     dirs = {}
     for role in ("long", "short"):
         recs = []
@@ -252,7 +253,6 @@ def run_real(args, out: Path) -> dict:
         t0 = time.time()
         train0 = make_problems(args.train_problems, 0, num_ops=args.num_ops, max_operand=args.max_operand,
                                prefix="s0-")
-        (out / "cold_start").mkdir(parents=True, exist_ok=True)
         shared = cold_start(args.model, train0, out / "cold_start", steps=args.sft_steps, lr=args.sft_lr, seed=0)
         print(f"shared cold start: {time.time() - t0:.0f} s ({args.sft_steps} SFT steps per role)", flush=True)
     for seed in range(args.seeds):
