@@ -147,7 +147,7 @@ def test_prompts_sharing_a_start_encode_it_once(engine, monkeypatch):
     def spy(forward, *a, **k):
         return real(lambda cache, **kw: widths.append(tuple(kw["input_ids"].shape)) or forward(cache, **kw), *a, **k)
 
-    monkeypatch.setattr("longshort.engines.hf.prefill", spy)
+    monkeypatch.setattr(pf, "prefill", spy)  # what `prefill_bucketed` calls: these prompts are one bucket
     for params in (dict(temperature=0.0, max_new_tokens=6), dict(temperature=1.0, top_p=0.9, max_new_tokens=8, n=2)):
         reqs = [GenerationRequest(prompt=t, params=SamplingParams(seed=i, logprobs=True, **params))
                 for i, t in enumerate(texts)]
@@ -160,6 +160,53 @@ def test_prompts_sharing_a_start_encode_it_once(engine, monkeypatch):
                 assert [c.token_ids for c in a.completions] == [c.token_ids for c in b.completions]
                 for ca, cb in zip(a.completions, b.completions, strict=True):
                     assert ca.logprobs == pytest.approx(cb.logprobs, abs=1e-4)
+
+
+def test_length_buckets_split_only_where_padding_costs_more_than_a_pass():
+    from longshort.engines.prefill import length_buckets
+
+    assert length_buckets([5]) == [[0]]
+    assert length_buckets([100, 100, 100], fixed=0) == [[0, 1, 2]]
+    # free passes: every distinct length alone; costly passes: one bucket
+    assert length_buckets([3, 9, 3, 9], fixed=0) == [[0, 2], [1, 3]]
+    assert length_buckets([3, 9, 3, 9], fixed=100) == [[0, 2, 1, 3]]
+    lengths = [7, 120, 30, 118, 8, 31, 9, 119]
+    buckets = length_buckets(lengths, fixed=20)
+    assert sorted(i for b in buckets for i in b) == list(range(8))
+    cost = sum(len(b) * max(lengths[i] for i in b) + 20 for b in buckets)
+    assert cost < len(lengths) * max(lengths) + 20 and len(buckets) == 3
+
+
+def test_prompts_of_very_different_lengths_prefill_in_buckets(engine, monkeypatch):
+    """Short and long prompts (with a family of prefixes and n > 1) are prefilled in length
+    buckets, several forward passes joined into one batch, and decode exactly as every prompt
+    encoded alone: samples and logprobs, dynamic and static cache."""
+    long_q = "Explain, step by step and with care, " + "why the sum of two odd numbers is even, " * 12
+    base = engine.render(chat(long_q))
+    texts = [engine.render(chat(q)) for q in ("Hi", "2+2?", "Is 7 prime?")] + [base, base + " First,", base + " ok"]
+    from longshort.engines import prefill as pf
+
+    passes = []
+    real = pf.prefill
+
+    def spy(forward, *a, **k):
+        return real(lambda cache, **kw: passes.append(tuple(kw["input_ids"].shape)) or forward(cache, **kw), *a, **k)
+
+    monkeypatch.setattr(pf, "prefill", spy)
+    for params in (dict(temperature=0.0, max_new_tokens=6), dict(temperature=1.0, top_p=0.9, max_new_tokens=8, n=2)):
+        reqs = [GenerationRequest(prompt=t, params=SamplingParams(seed=i, logprobs=True, **params))
+                for i, t in enumerate(texts)]
+        plain = HFEngine.from_model(engine.model, engine.tokenizer, reuse_prefix=False).generate(reqs)
+        for fast in ("off", "on"):
+            passes.clear()
+            got = HFEngine.from_model(engine.model, engine.tokenizer, fast_path=fast, compile=False).generate(reqs)
+            widths = sorted(w for _, w in passes)
+            assert len(passes) >= 2 and widths[0] * 4 < widths[-1], passes  # a short bucket and a long one
+            for a, b in zip(got, plain, strict=True):
+                assert [c.token_ids for c in a.completions] == [c.token_ids for c in b.completions]
+                for ca, cb in zip(a.completions, b.completions, strict=True):
+                    assert ca.logprobs == pytest.approx(cb.logprobs, abs=1e-4)
+                assert a.prompt_tokens == b.prompt_tokens
 
 
 def test_prefix_roots_group_prompts_by_family():
@@ -365,6 +412,11 @@ def test_bf16_engine_keeps_fp32_logits_and_agrees_with_fp32(engine):
     with torch.inference_mode():
         lo, hi = bf.model(ids).logits, engine.model(ids).logits
     assert lo.dtype is torch.float32 and (lo - hi).abs().max() < 0.05
+    head = bf.model.lm_head
+    for shape in ((1, 1), (3, 1), (2, 5)):  # decode rows, prefill positions: nn.Linear's results
+        h = torch.randn(*shape, head.weight.shape[1]).bfloat16()
+        want = torch.nn.functional.linear(h.float(), head.weight)
+        assert head(h).shape == want.shape and torch.allclose(head(h), want, atol=1e-5)
     req = chat(QUESTIONS[3], temperature=1.0, max_new_tokens=6, n=2, seed=2, logprobs=True)
     c = bf.generate([req])[0].completions[0]
     assert len(c.logprobs) == c.num_tokens == 6 and all(math.isfinite(x) and x < 0 for x in c.logprobs)

@@ -39,7 +39,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from longshort.engines.base import Completion, Engine, GenerationRequest, GenerationResult, GenerationSession
-from longshort.engines.prefill import prefill
+from longshort.engines.prefill import prefill, prefill_bucketed
 from longshort.engines.probe import cache_kwarg
 from longshort.engines.sampling import row_seed, row_uniform, sample_tokens  # noqa: F401 (re-exported)
 from longshort.engines.session import ContinuousSession, DecodeSession, Unit, can_merge, eval_mode, is_oom
@@ -228,9 +228,7 @@ class HFEngine(Engine):
         """Continuous batching (`engines.session.ContinuousSession`); on the static-cache fast path,
         or with a model whose cache cannot be merged (sliding-window layers), the base class's
         session: one `generate` call per step."""
-        if self._mergeable is None:
-            self._mergeable = can_merge(self.model)
-        if self.fast or not self._mergeable:
+        if self.fast or not self._can_merge():
             return super().open_session()
         return ContinuousSession(self)
 
@@ -318,13 +316,27 @@ class HFEngine(Engine):
             longest = new_longest
         return batch, rest
 
+    def _can_merge(self) -> bool:
+        """Whether this model's KV caches can be left-padded and joined (`session.can_merge`, cached)."""
+        if self._mergeable is None:
+            self._mergeable = can_merge(self.model)
+        return self._mergeable
+
     def _forward(self, cache: Any, **kw: Any) -> Any:
         return self.model(**kw, **{self._cache_kw: cache}, use_cache=True)
 
     def _prefill(self, cache: Any, prompts: list[list[int]], row_prompts: list[int]) -> tuple[Any, Any, Any]:
-        """`engines.prefill.prefill` of new decode rows into `cache` (the sessions' one call of it)."""
-        return prefill(self._forward, cache, prompts, row_prompts, pad=self.tokenizer.pad_token_id,
-                       device=self.device, reuse=self.config.reuse_prefix)
+        """`engines.prefill.prefill` of new decode rows into `cache` (the sessions' one call of it), in
+        length buckets (`prefill_bucketed`) where the model's caches can be joined."""
+        pad = self.tokenizer.pad_token_id
+        if not self.config.reuse_prefix:
+            return prefill(self._forward, cache, prompts, row_prompts, pad=pad, device=self.device, reuse=False)
+        if not self._can_merge():
+            return prefill(self._forward, cache, prompts, row_prompts, pad=pad, device=self.device)
+        from transformers import DynamicCache
+
+        return prefill_bucketed(self._forward, cache, lambda: DynamicCache(config=self.model.config), prompts,
+                                row_prompts, pad=pad, device=self.device)
 
     def _run_batch(self, units: list[Unit], out: list[list[Completion | None]]) -> None:
         try:

@@ -331,14 +331,27 @@ def _auto_tokenizer(where: str, spec: str) -> Any:
 
 def fp32_lm_head(model: Any) -> None:
     """Give a half-precision model an fp32 LM head: its own fp32 copy of the weight (untied from
-    the embedding), and the hidden state cast up before it, so the logits are fp32 results."""
+    the embedding), and the hidden state cast up before it, so the logits are fp32 results.
+
+    The head computes ``(W @ h.T).T`` rather than ``h @ W.T`` (`nn.Linear`): with a few rows of
+    hidden states and a 49k-row weight, the BLAS then streams W as it lies instead of packing a
+    transposed copy of it every call (on the 2-core CPU of docs/engines.md, 32 against 55 ms at 8
+    rows, 51 against 73 ms at 32; the same dot products, so the same logits up to summation order)."""
     import torch
 
     head = model.get_output_embeddings()
     if head is None or getattr(head, "weight", None) is None or head.weight.dtype == torch.float32:
         return
-    head.weight = torch.nn.Parameter(head.weight.detach().float(), requires_grad=False)
+    head.weight = torch.nn.Parameter(head.weight.detach().float().contiguous(), requires_grad=False)
     if getattr(head, "bias", None) is not None:
         head.bias = torch.nn.Parameter(head.bias.detach().float(), requires_grad=False)
-    # cast to the weight's dtype (not fp32 outright): should anything tie the weights back, it still runs
-    head.register_forward_pre_hook(lambda mod, args: (args[0].to(mod.weight.dtype), *args[1:]))
+
+    def forward(hidden: Any) -> Any:
+        w = head.weight  # read at call time: `.to(device)` and re-tying replace the parameter
+        flat = hidden.reshape(-1, hidden.shape[-1]).to(w.dtype)
+        out = torch.mm(w, flat.T).T.contiguous()
+        if getattr(head, "bias", None) is not None:
+            out = out + head.bias
+        return out.reshape(*hidden.shape[:-1], out.shape[-1])
+
+    head.forward = forward
