@@ -213,8 +213,9 @@ def prefill_bucketed(forward: Callable[..., Any], cache: Any, new_cache: Callabl
     `new_cache()`, and the buckets' keys and values are written into the empty `cache` left-padded
     to a common width, in row order. Same returns as `prefill`. A batch that splitting does not
     help is one `prefill` call."""
-    import torch
     from os.path import commonprefix
+
+    import torch
 
     root = prefix_roots(prompts)
     encoded = sorted(set(root[p] for p in row_prompts))
