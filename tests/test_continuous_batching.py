@@ -214,3 +214,36 @@ def test_prefix_store_takes_the_longest_start_and_keeps_to_its_budget():
     assert len(store) == 1 and store.tokens == 80
     store.put(list(range(3)), kv(3))  # shorter than min_shared: not kept
     assert store.tokens == 80 and store.hits == 3 and store.reused == 64
+
+
+def test_joins_read_their_shared_system_prompt_from_the_memo(engine, monkeypatch):
+    """Requests with one system prompt joining a running batch in groups: the first join encodes
+    the shared start, later joins read it from the session's memo (no pass of it), and every
+    request decodes as if generated alone."""
+    from longshort.engines import prefill as pf
+
+    system = "You are a careful solver. Think step by step, then give the answer in a box. " * 2
+    plain = HFEngine.from_model(engine.model, engine.tokenizer, join_threshold=0.0, prefix_cache_tokens=0)
+
+    def req(q: str, i: int) -> GenerationRequest:
+        return GenerationRequest(messages=[{"role": "system", "content": system}, {"role": "user", "content": q}],
+                                 params=SamplingParams(temperature=0.8, max_new_tokens=4 + i, seed=i, logprobs=True))
+
+    reqs = [req(q, i) for i, q in enumerate(QUESTIONS * 2)]
+    passes = []
+    real = pf.prefill
+
+    def spy(forward, *a, **k):
+        return real(lambda cache, **kw: passes.append(kw["input_ids"].shape[0]) or forward(cache, **kw), *a, **k)
+
+    monkeypatch.setattr(pf, "prefill", spy)
+    session = plain.open_session()
+    got = _run(session, {0: reqs[:2], 2: reqs[2:5], 4: reqs[5:8], 6: reqs[8:]})
+    memo = session.decode.starts
+    assert memo.misses == 1 and memo.hits == 3  # the start encoded by the first join only
+    assert len(passes) == 5  # first join: start + rests; the other three: rests only
+    for r in reqs:
+        [alone] = engine.generate([r])
+        assert [c.token_ids for c in got[id(r)].completions] == [c.token_ids for c in alone.completions]
+        for a, b in zip(got[id(r)].completions, alone.completions, strict=True):
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)

@@ -39,7 +39,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from longshort.engines.base import Completion, Engine, GenerationRequest, GenerationResult, GenerationSession
-from longshort.engines.prefill import prefill, prefill_bucketed
+from longshort.engines.prefill import StartMemo, prefill, prefill_bucketed
 from longshort.engines.probe import cache_kwarg
 from longshort.engines.sampling import row_seed, row_uniform, sample_tokens  # noqa: F401 (re-exported)
 from longshort.engines.session import ContinuousSession, DecodeSession, Unit, can_merge, eval_mode, is_oom
@@ -325,18 +325,20 @@ class HFEngine(Engine):
     def _forward(self, cache: Any, **kw: Any) -> Any:
         return self.model(**kw, **{self._cache_kw: cache}, use_cache=True)
 
-    def _prefill(self, cache: Any, prompts: list[list[int]], row_prompts: list[int]) -> tuple[Any, Any, Any]:
+    def _prefill(self, cache: Any, prompts: list[list[int]], row_prompts: list[int],
+                 memo: StartMemo | None = None) -> tuple[Any, Any, Any]:
         """`engines.prefill.prefill` of new decode rows into `cache` (the sessions' one call of it), in
-        length buckets (`prefill_bucketed`) where the model's caches can be joined."""
+        length buckets (`prefill_bucketed`) where the model's caches can be joined; `memo`: the
+        session's shared starts already encoded."""
         pad = self.tokenizer.pad_token_id
         if not self.config.reuse_prefix:
             return prefill(self._forward, cache, prompts, row_prompts, pad=pad, device=self.device, reuse=False)
         if not self._can_merge():
-            return prefill(self._forward, cache, prompts, row_prompts, pad=pad, device=self.device)
+            return prefill(self._forward, cache, prompts, row_prompts, pad=pad, device=self.device, memo=memo)
         from transformers import DynamicCache
 
         return prefill_bucketed(self._forward, cache, lambda: DynamicCache(config=self.model.config), prompts,
-                                row_prompts, pad=pad, device=self.device)
+                                row_prompts, pad=pad, device=self.device, memo=memo)
 
     def _run_batch(self, units: list[Unit], out: list[list[Completion | None]]) -> None:
         try:

@@ -38,6 +38,29 @@ MIN_SHARED = 16
 PASS_COST = 64
 
 
+class StartMemo:
+    """The KV cache of the shared starts `prefill` encoded (per layer, H × n × D), by their tokens,
+    for the later prefills of one decode session: a continuous session prefills every join (a
+    dialogue's next turns, in groups) with the same role's system prompt first, and that start is
+    then read from here instead of encoded again. At most `entries` starts, oldest dropped. Kept for
+    one session only, since the model must not change in between (a policy being trained does)."""
+
+    def __init__(self, entries: int = 8):
+        self.entries = entries
+        self._kv: dict[tuple[int, ...], list[tuple[Any, Any]]] = {}
+        self.hits = self.misses = 0
+
+    def get(self, ids: Sequence[int]) -> list[tuple[Any, Any]] | None:
+        return self._kv.get(tuple(ids))
+
+    def put(self, ids: Sequence[int], layers: list[tuple[Any, Any]]) -> None:
+        key = tuple(ids)
+        self._kv.pop(key, None)
+        self._kv[key] = layers
+        while len(self._kv) > self.entries:
+            self._kv.pop(next(iter(self._kv)))
+
+
 def prefix_roots(prompts: Sequence[Sequence[int]]) -> list[int]:
     """For each prompt, the index of the longest prompt of the list that begins with it (itself
     when none is longer; equal prompts share the first one).
@@ -105,10 +128,12 @@ def shared_starts(prompts: Sequence[Sequence[int]], encoded: Sequence[int], ends
 
 
 def prefill(forward: Callable[..., Any], cache: Any, prompts: Sequence[Sequence[int]], row_prompts: Sequence[int],
-            *, pad: int, device: Any, reuse: bool = True, min_shared: int = MIN_SHARED) -> tuple[Any, Any, Any]:
+            *, pad: int, device: Any, reuse: bool = True, min_shared: int = MIN_SHARED,
+            memo: StartMemo | None = None) -> tuple[Any, Any, Any]:
     """Encode the prompts of a decode batch into `cache` (rows: `row_prompts[r]` is row r's
     prompt index). Returns the next-token logits per row (R × V), the attention mask (R × W) and
-    each row's last position id (R)."""
+    each row's last position id (R). With a `memo`, shared starts it holds are not encoded again,
+    and the ones encoded here are added to it."""
     import torch
 
     if not reuse:
@@ -138,8 +163,19 @@ def prefill(forward: Callable[..., Any], cache: Any, prompts: Sequence[Sequence[
         starts = [prompts[encoded[k]][:split[k][1]] for k in first.values()]
         ids1, mask1 = _left_padded(starts, P, pad)
         ids1, mask1 = ids1.to(device), mask1.to(device)
-        forward(cache, input_ids=ids1, attention_mask=mask1, position_ids=(mask1.cumsum(-1) - 1).clamp(min=0),
-                logits_to_keep=1)
+        known = [memo.get(st) for st in starts] if memo is not None else [None]
+        if all(kv is not None for kv in known):
+            memo.hits += len(starts)
+            _write_left_padded(cache, known, P)
+        else:
+            forward(cache, input_ids=ids1, attention_mask=mask1, position_ids=(mask1.cumsum(-1) - 1).clamp(min=0),
+                    logits_to_keep=1)
+            if memo is not None:
+                memo.misses += len(starts)
+                for g, st in enumerate(starts):
+                    cols = slice(P - len(st), P)
+                    memo.put(st, [(layer.keys[g, :, cols].clone(), layer.values[g, :, cols].clone())
+                                  for layer in cache.layers])
         group_row = {g: i for i, g in enumerate(first)}
         rows = torch.tensor([group_row[g] for g, _ in split], device=device)
         cache.batch_select_indices(rows)
@@ -206,7 +242,8 @@ def length_buckets(lengths: Sequence[int], *, fixed: int = PASS_COST) -> list[li
 
 def prefill_bucketed(forward: Callable[..., Any], cache: Any, new_cache: Callable[[], Any],
                      prompts: Sequence[Sequence[int]], row_prompts: Sequence[int], *, pad: int, device: Any,
-                     min_shared: int = MIN_SHARED, fixed: int = PASS_COST) -> tuple[Any, Any, Any]:
+                     min_shared: int = MIN_SHARED, fixed: int = PASS_COST,
+                     memo: StartMemo | None = None) -> tuple[Any, Any, Any]:
     """`prefill` in length buckets (see the module docstring): the prompts that extend one another
     stay together (one root each, as `prefill` shares them), the roots are split by the length
     they add after the batch's common start (`length_buckets`), each bucket is prefilled into a
@@ -224,7 +261,7 @@ def prefill_bucketed(forward: Callable[..., Any], cache: Any, new_cache: Callabl
         common = 0
     buckets = length_buckets([len(prompts[r]) - common for r in encoded], fixed=fixed + common)
     if len(buckets) == 1:
-        return prefill(forward, cache, prompts, row_prompts, pad=pad, device=device, min_shared=min_shared)
+        return prefill(forward, cache, prompts, row_prompts, pad=pad, device=device, min_shared=min_shared, memo=memo)
     parts = []
     for bucket in buckets:
         roots = {encoded[k] for k in bucket}
@@ -233,7 +270,7 @@ def prefill_bucketed(forward: Callable[..., Any], cache: Any, new_cache: Callabl
         at = {p: k for k, p in enumerate(mine)}
         sub = new_cache()
         logits, mask, last = prefill(forward, sub, [prompts[p] for p in mine], [at[row_prompts[r]] for r in rows],
-                                     pad=pad, device=device, min_shared=min_shared)
+                                     pad=pad, device=device, min_shared=min_shared, memo=memo)
         parts.append((torch.tensor(rows, device=device), sub, logits, mask, last))
     R, W = len(row_prompts), max(mask.shape[1] for *_, mask, _ in parts)
     for li in range(len(parts[0][1].layers)):
@@ -254,6 +291,20 @@ def prefill_bucketed(forward: Callable[..., Any], cache: Any, new_cache: Callabl
         mask[rows, W - m.shape[1]:] = m
         last[rows] = ls
     return logits, mask, last
+
+
+def _write_left_padded(cache: Any, starts: Sequence[Sequence[tuple[Any, Any]]], width: int) -> None:
+    """Fill the empty `cache` with one row per entry of `starts` (per layer, keys and values
+    H × n × D), each left-padded to `width` columns."""
+    for li in range(len(starts[0])):
+        k0, v0 = starts[0][li]
+        keys = k0.new_zeros((len(starts), k0.shape[0], width, k0.shape[2]))
+        values = v0.new_zeros((len(starts), v0.shape[0], width, v0.shape[2]))
+        for u, layers in enumerate(starts):
+            k, v = layers[li]
+            keys[u, :, width - k.shape[1]:] = k
+            values[u, :, width - v.shape[1]:] = v
+        cache.update(keys, values, li)
 
 
 def _left_padded(seqs: Sequence[Sequence[int]], width: int, pad: int) -> tuple[Any, Any]:
@@ -300,15 +351,7 @@ def prefill_stored(forward: Callable[..., Any], cache: Any, prompts: Sequence[Se
 
     lengths = [int(layers[0][0].shape[1]) for layers in starts]
     U, W1 = len(prompts), max(lengths)
-    for li in range(len(starts[0])):
-        k0, v0 = starts[0][li]
-        keys = k0.new_zeros((U, k0.shape[0], W1, k0.shape[2]))
-        values = v0.new_zeros((U, v0.shape[0], W1, v0.shape[2]))
-        for u, layers in enumerate(starts):
-            k, v = layers[li]
-            keys[u, :, W1 - lengths[u]:] = k
-            values[u, :, W1 - lengths[u]:] = v
-        cache.update(keys, values, li)
+    _write_left_padded(cache, starts, W1)
     mask1 = torch.zeros((U, W1), dtype=torch.long)
     for u, n in enumerate(lengths):
         mask1[u, W1 - n:] = 1

@@ -45,7 +45,7 @@ from longshort.engines.base import (
     GenerationSession,
     SamplingParams,
 )
-from longshort.engines.prefill import MIN_SHARED, common_start, prefill_stored
+from longshort.engines.prefill import MIN_SHARED, StartMemo, common_start, prefill_stored
 from longshort.engines.sampling import row_seed, sample_tokens
 from longshort.errors import LongshortError
 
@@ -193,6 +193,7 @@ class DecodeSession:
         self.rows_cap, self.budget = rows_cap, budget
         self.join_threshold = join_threshold
         self.pending: list[Unit] = []
+        self.starts = StartMemo()  # shared starts (a role's system prompt) encoded by this session's joins
         self._reset()
 
     def _reset(self) -> None:
@@ -356,7 +357,7 @@ class DecodeSession:
         cache = DynamicCache(config=eng.model.config)
         row_prompts = [ui for ui, _ in pairs]
         if starts is None:
-            logits, mask, last = eng._prefill(cache, [u.ids for u in units], row_prompts)
+            logits, mask, last = eng._prefill(cache, [u.ids for u in units], row_prompts, memo=self.starts)
         else:
             logits, mask, last = prefill_stored(eng._forward, cache, [u.ids for u in units], starts, row_prompts,
                                                 pad=eng.tokenizer.pad_token_id, device=dev)
