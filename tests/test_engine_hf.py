@@ -125,6 +125,34 @@ def test_prompts_that_begin_other_prompts_decode_off_their_cache(engine):
                 assert a.prompt_tokens == b.prompt_tokens
 
 
+def _check_prefill_passes(engine, monkeypatch, texts, check_passes) -> None:
+    """Generate `texts` (greedy, and sampled with n = 2) on the dynamic and the static cache with
+    prefix reuse, recording the shape of every prefill forward pass; `check_passes(shapes)` judges
+    them, and the samples and logprobs must be those of encoding every prompt alone."""
+    from longshort.engines import prefill as pf
+
+    passes = []
+    real = pf.prefill
+
+    def spy(forward, *a, **k):
+        return real(lambda cache, **kw: passes.append(tuple(kw["input_ids"].shape)) or forward(cache, **kw), *a, **k)
+
+    monkeypatch.setattr(pf, "prefill", spy)  # what `prefill_bucketed` calls, once per bucket
+    for params in (dict(temperature=0.0, max_new_tokens=6), dict(temperature=1.0, top_p=0.9, max_new_tokens=8, n=2)):
+        reqs = [GenerationRequest(prompt=t, params=SamplingParams(seed=i, logprobs=True, **params))
+                for i, t in enumerate(texts)]
+        plain = HFEngine.from_model(engine.model, engine.tokenizer, reuse_prefix=False).generate(reqs)
+        for fast in ("off", "on"):
+            passes.clear()
+            got = HFEngine.from_model(engine.model, engine.tokenizer, fast_path=fast, compile=False).generate(reqs)
+            check_passes(list(passes))
+            for a, b in zip(got, plain, strict=True):
+                assert [c.token_ids for c in a.completions] == [c.token_ids for c in b.completions]
+                for ca, cb in zip(a.completions, b.completions, strict=True):
+                    assert ca.logprobs == pytest.approx(cb.logprobs, abs=1e-4)
+                assert a.prompt_tokens == b.prompt_tokens
+
+
 def test_prompts_sharing_a_start_encode_it_once(engine, monkeypatch):
     """Dialogue turns of many problems share the role's system prompt but no prompt begins
     another: the shared start is encoded once (two forward passes, the first one row per group),
@@ -141,25 +169,11 @@ def test_prompts_sharing_a_start_encode_it_once(engine, monkeypatch):
     ends = {k: len(ids[k]) for k in encoded}
     groups = pf.shared_starts(ids, encoded, ends)
     assert len({g for g, _ in groups}) == 2 and min(s for _, s in groups) >= pf.MIN_SHARED
-    widths = []
-    real = pf.prefill
 
-    def spy(forward, *a, **k):
-        return real(lambda cache, **kw: widths.append(tuple(kw["input_ids"].shape)) or forward(cache, **kw), *a, **k)
+    def check(shapes):
+        assert [w[0] for w in shapes] == [2, 5]  # the starts, one row per group; then the 5 prompts' rests
 
-    monkeypatch.setattr(pf, "prefill", spy)  # what `prefill_bucketed` calls: these prompts are one bucket
-    for params in (dict(temperature=0.0, max_new_tokens=6), dict(temperature=1.0, top_p=0.9, max_new_tokens=8, n=2)):
-        reqs = [GenerationRequest(prompt=t, params=SamplingParams(seed=i, logprobs=True, **params))
-                for i, t in enumerate(texts)]
-        plain = HFEngine.from_model(engine.model, engine.tokenizer, reuse_prefix=False).generate(reqs)
-        for fast in ("off", "on"):
-            widths.clear()
-            shared = HFEngine.from_model(engine.model, engine.tokenizer, fast_path=fast, compile=False).generate(reqs)
-            assert [w[0] for w in widths] == [2, 5]  # the starts, one row per group; then the 5 prompts' rests
-            for a, b in zip(shared, plain, strict=True):
-                assert [c.token_ids for c in a.completions] == [c.token_ids for c in b.completions]
-                for ca, cb in zip(a.completions, b.completions, strict=True):
-                    assert ca.logprobs == pytest.approx(cb.logprobs, abs=1e-4)
+    _check_prefill_passes(engine, monkeypatch, texts, check)
 
 
 def test_length_buckets_split_only_where_padding_costs_more_than_a_pass():
@@ -184,29 +198,12 @@ def test_prompts_of_very_different_lengths_prefill_in_buckets(engine, monkeypatc
     long_q = "Explain, step by step and with care, " + "why the sum of two odd numbers is even, " * 12
     base = engine.render(chat(long_q))
     texts = [engine.render(chat(q)) for q in ("Hi", "2+2?", "Is 7 prime?")] + [base, base + " First,", base + " ok"]
-    from longshort.engines import prefill as pf
 
-    passes = []
-    real = pf.prefill
+    def check(shapes):
+        widths = sorted(w for _, w in shapes)
+        assert len(shapes) >= 2 and widths[0] * 4 < widths[-1], shapes  # a short bucket and a long one
 
-    def spy(forward, *a, **k):
-        return real(lambda cache, **kw: passes.append(tuple(kw["input_ids"].shape)) or forward(cache, **kw), *a, **k)
-
-    monkeypatch.setattr(pf, "prefill", spy)
-    for params in (dict(temperature=0.0, max_new_tokens=6), dict(temperature=1.0, top_p=0.9, max_new_tokens=8, n=2)):
-        reqs = [GenerationRequest(prompt=t, params=SamplingParams(seed=i, logprobs=True, **params))
-                for i, t in enumerate(texts)]
-        plain = HFEngine.from_model(engine.model, engine.tokenizer, reuse_prefix=False).generate(reqs)
-        for fast in ("off", "on"):
-            passes.clear()
-            got = HFEngine.from_model(engine.model, engine.tokenizer, fast_path=fast, compile=False).generate(reqs)
-            widths = sorted(w for _, w in passes)
-            assert len(passes) >= 2 and widths[0] * 4 < widths[-1], passes  # a short bucket and a long one
-            for a, b in zip(got, plain, strict=True):
-                assert [c.token_ids for c in a.completions] == [c.token_ids for c in b.completions]
-                for ca, cb in zip(a.completions, b.completions, strict=True):
-                    assert ca.logprobs == pytest.approx(cb.logprobs, abs=1e-4)
-                assert a.prompt_tokens == b.prompt_tokens
+    _check_prefill_passes(engine, monkeypatch, texts, check)
 
 
 def test_prefix_roots_group_prompts_by_family():
