@@ -166,7 +166,7 @@ def prefill(forward: Callable[..., Any], cache: Any, prompts: Sequence[Sequence[
         known = [memo.get(st) for st in starts] if memo is not None else [None]
         if all(kv is not None for kv in known):
             memo.hits += len(starts)
-            _write_left_padded(cache, known, P)
+            _write_left_padded(cache, list(enumerate(known)), P, rows=len(known))
         else:
             forward(cache, input_ids=ids1, attention_mask=mask1, position_ids=(mask1.cumsum(-1) - 1).clamp(min=0),
                     logits_to_keep=1)
@@ -273,15 +273,8 @@ def prefill_bucketed(forward: Callable[..., Any], cache: Any, new_cache: Callabl
                                      pad=pad, device=device, min_shared=min_shared, memo=memo)
         parts.append((torch.tensor(rows, device=device), sub, logits, mask, last))
     R, W = len(row_prompts), max(mask.shape[1] for *_, mask, _ in parts)
-    for li in range(len(parts[0][1].layers)):
-        k0, v0 = parts[0][1].layers[li].keys, parts[0][1].layers[li].values
-        keys = k0.new_zeros((R, k0.shape[1], W, k0.shape[3]))
-        values = v0.new_zeros((R, v0.shape[1], W, v0.shape[3]))
-        for rows, sub, _, mask, _ in parts:
-            w = mask.shape[1]
-            keys[rows, :, W - w:] = sub.layers[li].keys
-            values[rows, :, W - w:] = sub.layers[li].values
-        cache.update(keys, values, li)
+    _write_left_padded(cache, [(rows, [(layer.keys, layer.values) for layer in sub.layers])
+                               for rows, sub, *_ in parts], W, rows=R)
     first = parts[0][2]
     logits = first.new_empty((R, first.shape[1]))
     mask = parts[0][3].new_zeros((R, W))
@@ -293,17 +286,19 @@ def prefill_bucketed(forward: Callable[..., Any], cache: Any, new_cache: Callabl
     return logits, mask, last
 
 
-def _write_left_padded(cache: Any, starts: Sequence[Sequence[tuple[Any, Any]]], width: int) -> None:
-    """Fill the empty `cache` with one row per entry of `starts` (per layer, keys and values
-    H × n × D), each left-padded to `width` columns."""
-    for li in range(len(starts[0])):
-        k0, v0 = starts[0][li]
-        keys = k0.new_zeros((len(starts), k0.shape[0], width, k0.shape[2]))
-        values = v0.new_zeros((len(starts), v0.shape[0], width, v0.shape[2]))
-        for u, layers in enumerate(starts):
+def _write_left_padded(cache: Any, parts: Sequence[tuple[Any, Sequence[tuple[Any, Any]]]], width: int, *,
+                       rows: int) -> None:
+    """Fill the empty `cache` with `rows` rows, left-padded to `width` columns, from `parts`: each
+    a batch index (one row, or a tensor of rows) and, per layer, the keys and values of those rows
+    (H × n × D for one row, len(index) × H × n × D for several)."""
+    for li in range(len(parts[0][1])):
+        k0, v0 = parts[0][1][li]
+        keys = k0.new_zeros((rows, k0.shape[-3], width, k0.shape[-1]))
+        values = v0.new_zeros((rows, v0.shape[-3], width, v0.shape[-1]))
+        for index, layers in parts:
             k, v = layers[li]
-            keys[u, :, width - k.shape[1]:] = k
-            values[u, :, width - v.shape[1]:] = v
+            keys[index, :, width - k.shape[-2]:] = k
+            values[index, :, width - v.shape[-2]:] = v
         cache.update(keys, values, li)
 
 
@@ -351,7 +346,7 @@ def prefill_stored(forward: Callable[..., Any], cache: Any, prompts: Sequence[Se
 
     lengths = [int(layers[0][0].shape[1]) for layers in starts]
     U, W1 = len(prompts), max(lengths)
-    _write_left_padded(cache, starts, W1)
+    _write_left_padded(cache, list(enumerate(starts)), W1, rows=U)
     mask1 = torch.zeros((U, W1), dtype=torch.long)
     for u, n in enumerate(lengths):
         mask1[u, W1 - n:] = 1

@@ -335,8 +335,9 @@ def fp32_lm_head(model: Any) -> None:
 
     The head computes ``(W @ h.T).T`` rather than ``h @ W.T`` (`nn.Linear`): with a few rows of
     hidden states and a 49k-row weight, the BLAS then streams W as it lies instead of packing a
-    transposed copy of it every call (on the 2-core CPU of docs/engines.md, 32 against 55 ms at 8
-    rows, 51 against 73 ms at 32; the same dot products, so the same logits up to summation order)."""
+    transposed copy of it every call (on the 2-core CPU of docs/engines.md, side by side while
+    another job ran: 32 against 55 ms at 8 rows, 51 against 73 ms at 32; the same dot products, so
+    the same logits up to summation order)."""
     import torch
 
     head = model.get_output_embeddings()
